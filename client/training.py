@@ -1,0 +1,115 @@
+"""Local training: DP-SGD with Poisson sampling at a rate we control, or plain SGD on the same path.
+
+We do not use Opacus' ``make_private``: it sets the sampling rate to ``1 / len(loader)``, draws
+its own batches and owns the accountant. Here the sampling rate ``q = batch / declared records``
+and the number of steps are fixed before training from public quantities, each step draws its
+batch by Poisson sampling at exactly ``q`` from our own generator, and Opacus provides what it
+is best at: per-sample gradients, clipping and noise (``GradSampleModule`` / ghost clipping and
+``DPOptimizer``). The ledger therefore records exactly the mechanism that ran.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from torch import nn
+
+from privacy import steps_per_round
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    optimizer: str  # "sgd" | "adam"
+    dp: bool
+    noise_multiplier: float
+    max_grad_norm: float
+    grad_sample_mode: str  # "hooks" | "functorch" | "ghost"
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    sample_rate: float
+    steps: int
+    examples_seen: int  # private: never sent unless private metrics are on
+    mean_loss: float  # private: idem
+
+
+def _base_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.learning_rate)
+    return torch.optim.SGD(params, lr=settings.learning_rate, momentum=settings.momentum)
+
+
+def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one Poisson-sampled batch: each record independently with probability q."""
+    if sample_rate >= 1.0:
+        return torch.arange(n)
+    return torch.nonzero(torch.rand(n, generator=generator) < sample_rate, as_tuple=False).squeeze(1)
+
+
+def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
+                  sampling_generator: torch.Generator, noise_generator: torch.Generator,
+                  device: torch.device) -> TrainOutcome:
+    """Run one round of local training in place on ``model`` (which must be a fresh module).
+
+    The schedule (q, steps) comes from ``privacy.steps_per_round`` - the same function the
+    server and the accountant use - so what runs is exactly what the ledger says.
+    """
+    n = int(y.shape[0])
+    sample_rate, steps = steps_per_round(n, settings.batch_size, settings.local_epochs)
+    model.to(device)
+    model.train()
+    criterion = nn.CrossEntropyLoss(reduction="mean")
+    expected_batch = sample_rate * n
+
+    if settings.dp and settings.grad_sample_mode == "ghost":
+        module = GradSampleModuleFastGradientClipping(model, loss_reduction="mean",
+                                                      max_grad_norm=settings.max_grad_norm,
+                                                      use_ghost_clipping=True)
+        optimizer = DPOptimizerFastGradientClipping(
+            _base_optimizer(module.parameters(), settings), noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm, expected_batch_size=expected_batch, loss_reduction="mean",
+            generator=noise_generator)
+        loss_fn = DPLossFastGradientClipping(module, optimizer, criterion, loss_reduction="mean")
+    elif settings.dp:
+        module = GradSampleModule(model, loss_reduction="mean",
+                                  force_functorch=settings.grad_sample_mode == "functorch")
+        optimizer = DPOptimizer(
+            _base_optimizer(module.parameters(), settings), noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm, expected_batch_size=expected_batch, loss_reduction="mean",
+            generator=noise_generator)
+        loss_fn = criterion
+    else:
+        module = model
+        optimizer = _base_optimizer(model.parameters(), settings)
+        loss_fn = criterion
+
+    total_loss, seen = 0.0, 0
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+    try:
+        for _ in range(steps):
+            idx = poisson_batch(n, sample_rate, sampling_generator)
+            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            if yb.numel() == 0 and not settings.dp:
+                continue  # nothing to learn from, and no noise to add without DP
+            loss = loss_fn(module(xb), yb)
+            loss.backward()
+            optimizer.step()
+            if yb.numel():
+                total_loss += float(loss.detach()) * int(yb.numel())
+                seen += int(yb.numel())
+    finally:
+        if settings.dp:
+            module._close()  # removes Opacus hooks so the plain module is left behind
+    return TrainOutcome(sample_rate=sample_rate, steps=steps, examples_seen=seen,
+                        mean_loss=total_loss / max(seen, 1))

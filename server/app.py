@@ -1,0 +1,151 @@
+"""The ServerApp: DP-aware FedAvg with server-side evaluation and the run directory."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from models import build_model
+from models.evaluation import evaluate_model
+from server.federation import FederationResult, LogReporter, Reporter, run_federation
+from server.roster import Roster
+from server.rundir import RunDirectory
+from server.strategy import DpFedAvg
+
+log = logging.getLogger("dpfl.server")
+
+NOT_PRIVATE_STAMP = "NOT PRIVATE"
+ASSUMPTION = ("Sample-level DP for each client's records, composed over every round that client trained in. "
+              "The federation's epsilon is the maximum over clients because every record lives at exactly one "
+              "client under a fixed partition and all clients share one delta.")
+
+
+class ServerConfigError(ValueError):
+    """The server cannot start with this configuration; the message says what to set."""
+
+
+@dataclass
+class ServerSetup:
+    config: Mapping[str, Any]  # validated flat run config
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    input_shape: tuple[int, ...]
+    num_classes: int
+    run_path: Path
+    declared_total: int | None = None  # sum of clients' declared records, when known up front
+    reporter: Reporter = field(default_factory=LogReporter)
+    on_finish: Callable[[FederationResult, RunDirectory, float], None] | None = None
+
+
+def resolve_delta(cfg: Mapping[str, Any], declared_total: int | None) -> float:
+    """The federation's one delta: configured, or 1 / (10 x total declared records) rounded down."""
+    if float(cfg["delta"]) > 0:
+        return float(cfg["delta"])
+    if not declared_total:
+        raise ServerConfigError("delta=0 (auto) needs the total number of declared records, which this server "
+                                "does not know; set --delta (e.g. 1e-6)")
+    raw = 1.0 / (10.0 * declared_total)
+    exponent = math.floor(math.log10(raw))
+    mantissa = math.floor(raw / 10**exponent * 10) / 10  # two significant digits, rounded down
+    return float(f"{mantissa:.1f}e{exponent}")
+
+
+def privacy_statement(cfg: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if not cfg["dp"]:
+        lines.append(f"{NOT_PRIVATE_STAMP}: dp=false, this run has no differential-privacy guarantee.")
+    elif cfg["deterministic-noise"]:
+        lines.append(f"{NOT_PRIVATE_STAMP}: deterministic-noise=true seeds the DP noise from --seed; anyone "
+                     "who knows the seed can remove it. For tests only.")
+    else:
+        lines.append(ASSUMPTION)
+    if cfg["private-metrics"]:
+        lines.append("private-metrics=true: clients also sent loss/accuracy computed on their private data; "
+                     "the guarantee does NOT cover those values.")
+    if float(cfg["fraction-evaluate"]) > 0:
+        lines.append("fraction-evaluate>0: client-side evaluation metrics were computed on private validation "
+                     "data and are NOT covered by the guarantee.")
+    return lines
+
+
+def serve(grid: Grid, s: ServerSetup) -> FederationResult:
+    cfg = s.config
+    t_start = time.perf_counter()
+    delta = resolve_delta(cfg, s.declared_total)
+    rundir = RunDirectory(s.run_path).create()
+    rundir.write_json("config.json", {**cfg, "resolved": {"delta": delta,
+                                                          "max-participations": _max_participations(cfg)},
+                                      "privacy-statement": privacy_statement(cfg)})
+    num_clients = int(cfg["num-clients"])
+    roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=str(cfg["accountant"]),
+                    max_participations=_max_participations(cfg), budget=_budget(cfg))
+    strategy = DpFedAvg(roster=roster, num_clients=num_clients, fraction_train=float(cfg["fraction-train"]),
+                        min_train_clients=int(cfg["min-train-clients"]),
+                        fraction_evaluate=float(cfg["fraction-evaluate"]),
+                        server_learning_rate=float(cfg["server-learning-rate"]), seed=int(cfg["seed"]))
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(str(cfg["model"]), s.input_shape, s.num_classes)
+    eval_model = build_model(str(cfg["model"]), s.input_shape, s.num_classes)
+
+    def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
+        eval_model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate_model(eval_model, s.test_x, s.test_y)
+
+    for line in privacy_statement(cfg):
+        log.info(line)
+    log.info("delta = %.3g for every client; accountant %s", delta, cfg["accountant"])
+    result = run_federation(grid=grid, cfg=cfg, strategy=strategy, roster=roster, evaluate=evaluate,
+                            rundir=rundir, initial_arrays=ArrayRecord(model.state_dict()), delta=delta,
+                            reporter=s.reporter)
+    rundir.save_model(result.arrays.to_torch_state_dict())
+    wall = time.perf_counter() - t_start
+    rundir.write_json("summary.json", {
+        "rounds_completed": result.rounds_completed, "num_server_rounds": int(cfg["num-server-rounds"]),
+        "stop_reason": result.stop_reason, "final_accuracy": result.final_accuracy,
+        "final_loss": result.final_loss, "epsilon_max": result.epsilon_max, "delta": delta,
+        "accountant": cfg["accountant"], "epsilon_per_client": result.epsilons,
+        "clients": roster.state()["clients"], "wall_seconds": wall,
+        "not_private": (not cfg["dp"]) or bool(cfg["deterministic-noise"]),
+        "privacy_statement": privacy_statement(cfg),
+    })
+    if result.stop_reason:
+        log.warning("run stopped early after round %d: %s", result.rounds_completed, result.stop_reason)
+    if s.on_finish is not None:
+        s.on_finish(result, rundir, wall)
+    return result
+
+
+def _max_participations(cfg: Mapping[str, Any]) -> int:
+    return int(cfg["max-participations"]) or int(cfg["num-server-rounds"])
+
+
+def _budget(cfg: Mapping[str, Any]) -> float:
+    budget, target = float(cfg["epsilon-budget"]), float(cfg["target-epsilon"])
+    return min(budget, target) if budget and target else (budget or target)
+
+
+def build_server_app(setup: Callable[[Context], ServerSetup]) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        root = logging.getLogger("dpfl")
+        if not root.handlers:  # under `flwr run` / a SuperLink nobody configured us: log rounds to stdout
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(asctime)s dpfl %(message)s", "%H:%M:%S"))
+            root.addHandler(handler)
+            root.setLevel(logging.INFO)
+            root.propagate = False
+        serve(grid, setup(context))
+
+    return app

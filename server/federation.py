@@ -1,0 +1,146 @@
+"""The round loop: sample, train, record releases, aggregate, evaluate, write, repeat.
+
+Our own loop rather than ``FedAvg.start`` because a DP run must be able to stop early and cleanly
+(budgets exhausted, too few clients left), checkpoint every round, and resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from privacy import wire
+from server.roster import Roster
+from server.rundir import RunDirectory
+from server.strategy import DpFedAvg
+
+log = logging.getLogger("dpfl.server")
+
+Evaluator = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (loss, accuracy)
+
+
+class Reporter(Protocol):
+    def start(self, total_rounds: int) -> None: ...
+    def round(self, row: Mapping[str, Any]) -> None: ...
+    def stop(self) -> None: ...
+
+
+class LogReporter:
+    """One readable line per round through logging (used under `flwr run` and SuperLink)."""
+
+    def start(self, total_rounds: int) -> None:
+        self.total = total_rounds
+
+    def round(self, row: Mapping[str, Any]) -> None:
+        log.info(format_round_line(row, self.total))
+
+    def stop(self) -> None:
+        return None
+
+
+def format_round_line(row: Mapping[str, Any], total: int) -> str:
+    eps = row.get("epsilon_max")
+    eps_text = "ε max n/a (no DP)" if eps is None else f"ε max {eps:.3f}"
+    extra = ""
+    if row.get("events"):
+        extra = " | " + "; ".join(f"{e['client']} {e['event']}" for e in row["events"])
+    return (f"round {row['round']:>3}/{total} | accuracy {row['accuracy']:.4f} | loss {row['loss']:.4f} | "
+            f"{eps_text} | {row['participants']} clients | {row['seconds']:.1f} s{extra}")
+
+
+@dataclass
+class FederationResult:
+    rounds_completed: int
+    stop_reason: str
+    final_accuracy: float
+    final_loss: float
+    epsilon_max: float | None
+    epsilons: dict[str, float]
+    seconds: float
+    arrays: ArrayRecord
+    history: list[dict] = field(default_factory=list)
+
+
+def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, roster: Roster,
+                   evaluate: Evaluator, rundir: RunDirectory, initial_arrays: ArrayRecord, delta: float,
+                   reporter: Reporter, start_round: int = 1) -> FederationResult:
+    total = int(cfg["num-server-rounds"])
+    dp = bool(cfg["dp"])
+    arrays = initial_arrays
+    t_run = time.perf_counter()
+    history = rundir.read_metrics() if start_round > 1 else []
+    if start_round == 1:
+        loss0, acc0 = evaluate(arrays)
+        log.info("round   0/%d | accuracy %.4f | loss %.4f (initial model)", total, acc0, loss0)
+    reporter.start(total)
+    rounds_done = start_round - 1
+    try:
+        for server_round in range(start_round, total + 1):
+            t0 = time.perf_counter()
+            train_cfg = ConfigRecord({wire.CFG_DELTA: delta, wire.CFG_RUN_PATH: str(rundir.path)})
+            messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
+            if not messages:
+                break
+            sent_to = {m.metadata.dst_node_id for m in messages}
+            replies = list(grid.send_and_receive(messages, timeout=float(cfg["round-timeout"])))
+            answered = {r.metadata.src_node_id for r in replies}
+            new_arrays, _ = strategy.aggregate_train(server_round, replies)
+            events = list(strategy.round_events)
+            for node in sorted(sent_to - answered):
+                cid = roster.record_drop(node, server_round, f"no reply within {cfg['round-timeout']} s")
+                events.append({"client": cid, "event": "dropped", "reason": "no reply within the round timeout"})
+            if new_arrays is not None:
+                arrays = new_arrays
+            if float(cfg["fraction-evaluate"]) > 0:
+                _client_side_evaluation(strategy, grid, server_round, arrays, float(cfg["round-timeout"]))
+            loss, acc = evaluate(arrays)
+            participants = sum(1 for r in replies if not r.has_error())
+            row = {
+                "round": server_round, "accuracy": acc, "loss": loss,
+                "epsilon_max": roster.epsilon_max() if dp else None,
+                "epsilon": roster.epsilons() if dp else {},
+                "delta": delta, "participants": participants,
+                "seconds": time.perf_counter() - t0, "events": events,
+            }
+            if not math.isfinite(loss):
+                row["loss"] = None
+            rundir.append_metrics(row)
+            rundir.save_checkpoint(server_round, arrays.to_torch_state_dict(),
+                                   {"roster": roster.state(), "rng": _rng_state(strategy)})
+            history.append(row)
+            rounds_done = server_round
+            reporter.round({**row, "loss": loss})
+    finally:
+        reporter.stop()
+    stop_reason = strategy.stop_reason
+    if rounds_done < total and not stop_reason:
+        stop_reason = "interrupted"
+    last = history[-1] if history else {"accuracy": float("nan"), "loss": float("nan")}
+    return FederationResult(
+        rounds_completed=rounds_done, stop_reason=stop_reason, final_accuracy=float(last["accuracy"]),
+        final_loss=float(last["loss"]) if last.get("loss") is not None else float("nan"),
+        epsilon_max=roster.epsilon_max() if dp else None, epsilons=roster.epsilons(),
+        seconds=time.perf_counter() - t_run, arrays=arrays, history=history)
+
+
+def _client_side_evaluation(strategy: DpFedAvg, grid: Grid, server_round: int, arrays: ArrayRecord,
+                            timeout: float) -> None:
+    """Flower's client-side evaluate round (off by default: it uses clients' private data)."""
+    messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+    if messages:
+        replies = grid.send_and_receive(messages, timeout=timeout)
+        metrics = strategy.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            log.info("round %d client-side evaluation (NOT DP, private data): %s", server_round, dict(metrics))
+
+
+def _rng_state(strategy: DpFedAvg) -> list:
+    version, internal, gauss = strategy.rng.getstate()
+    return [version, list(internal), gauss]

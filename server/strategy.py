@@ -1,0 +1,114 @@
+"""DP-aware FedAvg on Flower's Message API.
+
+Differences from stock ``FedAvg``, each for a reason:
+- sampling draws only from clients that may still train (budget, participation cap), from a
+  seeded RNG, and never waits in a loop for nodes that are gone (stock ``sample_nodes`` does);
+- error replies are expected: a budget decline marks the client exhausted, any other error or a
+  missing reply is a drop; neither stops the round;
+- the server records every received release in its own ledger before aggregating;
+- a server learning rate scales the averaged update; the federation's epsilon is a max, not a mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from privacy import DpSgdRelease, wire
+from server.roster import Roster
+
+log = logging.getLogger("dpfl.server")
+
+
+class DpFedAvg(FedAvg):
+    def __init__(self, *, roster: Roster, num_clients: int, fraction_train: float, min_train_clients: int,
+                 fraction_evaluate: float, server_learning_rate: float, seed: int) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=max(fraction_evaluate, 1e-9),
+                         min_train_nodes=min_train_clients, min_evaluate_nodes=0 if fraction_evaluate == 0 else 1,
+                         min_available_nodes=min_train_clients, weighted_by_key="num-examples",
+                         arrayrecord_key=wire.ARRAYS, configrecord_key="config")
+        self.fraction_evaluate = fraction_evaluate  # 0 (the default) is deliberate: no warning for it
+        self.roster = roster
+        self.num_clients = num_clients
+        self.server_learning_rate = server_learning_rate
+        self.rng = random.Random(seed)
+        self.stop_reason = ""
+        self._sent_arrays: ArrayRecord | None = None
+        self.round_events: list[dict] = []
+
+    def summary(self) -> None:  # stock summary logs at INFO through Flower's logger; ours is the run header
+        return None
+
+    def sample_size(self) -> int:
+        return max(math.ceil(self.fraction_train * self.num_clients), self.min_train_nodes)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = sorted(grid.get_node_ids())
+        eligible = [n for n in nodes if self.roster.eligible(n)]
+        if len(eligible) < self.min_train_nodes:
+            self.stop_reason = (
+                f"round {server_round}: only {len(eligible)} of {len(nodes)} connected clients may still train "
+                f"(min-train-clients is {self.min_train_nodes}); the others are out of budget, at their "
+                "participation cap or gone")
+            return []
+        chosen = self.rng.sample(eligible, min(self.sample_size(), len(eligible)))
+        config[wire.CFG_ROUND] = server_round
+        self._sent_arrays = arrays
+        record = RecordDict({wire.ARRAYS: arrays, "config": config})
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in chosen]
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        good: list[Message] = []
+        self.round_events = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                reason = msg.error.reason or f"error code {msg.error.code}"
+                if msg.error.code == wire.BUDGET_EXHAUSTED:
+                    client_id = reason.split(":", 1)[0] if ":" in reason else None
+                    self.roster.record_decline(node, client_id, server_round, reason)
+                    self.round_events.append({"client": client_id, "event": "declined", "reason": reason})
+                else:
+                    client_id = self.roster.record_drop(node, server_round, reason)
+                    self.round_events.append({"client": client_id, "event": "failed", "reason": reason})
+                continue
+            good.append(msg)
+        if not good:
+            return None, None
+        for msg in good:
+            metrics = msg.content[wire.METRICS]
+            info = msg.content[wire.RELEASE]
+            release = None
+            if info["mechanism"] == "dp-sgd":
+                release = DpSgdRelease(noise_multiplier=float(metrics["noise-multiplier"]),
+                                       sample_rate=float(metrics["sample-rate"]), steps=int(metrics["steps"]),
+                                       round=server_round)
+            self.roster.record_release(msg.metadata.src_node_id, str(info["client-id"]), release)
+        averaged, _ = super().aggregate_train(server_round, good)
+        if averaged is None:
+            return None, None
+        arrays = self._apply_server_learning_rate(averaged)
+        metrics = MetricRecord({"participants": len(good), "epsilon-max": self.roster.epsilon_max()})
+        return arrays, metrics
+
+    def _apply_server_learning_rate(self, averaged: ArrayRecord) -> ArrayRecord:
+        if self.server_learning_rate == 1.0 or self._sent_arrays is None:
+            return averaged
+        lr = self.server_learning_rate
+        old = self._sent_arrays.to_numpy_ndarrays()
+        new = averaged.to_numpy_ndarrays()
+        stepped = [o + lr * (n - o) if np.issubdtype(o.dtype, np.floating) else n for o, n in zip(old, new, strict=True)]
+        return ArrayRecord(OrderedDict(
+            (k, torch.from_numpy(np.ascontiguousarray(a))) for k, a in zip(averaged.keys(), stepped, strict=True)))

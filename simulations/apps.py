@@ -1,0 +1,98 @@
+"""Composition root: the ServerApp and ClientApp that every engine runs (`flwr run .` included).
+
+``client`` and ``server`` know nothing of datasets or config files; here we resolve the run
+config from the Flower ``Context``, load the client's partition or the server's test set, and
+hand them over. Loaded data is cached per process, so a worker that hosts many virtual clients
+reads the dataset once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+
+from client.app import ClientSetup, build_client_app
+from server.app import ServerSetup, build_server_app
+from server.federation import FederationResult, LogReporter, Reporter
+from server.rundir import RunDirectory
+from simulations.config import ConfigError, RunConfig, resolve
+from simulations.data import declared_sizes, load_client_data, load_test_set
+
+
+class ServerHooks:
+    """What a driving engine may plug into the server: a progress reporter, an end-of-run hook,
+    and the run directory it chose (so the CLI knows where outputs went)."""
+
+    reporter_factory: Callable[[], Reporter] | None = None
+    on_finish: Callable[[FederationResult, RunDirectory, float], None] | None = None
+    run_path: Path | None = None
+
+
+HOOKS = ServerHooks()
+
+
+def config_from_context(context: Context) -> RunConfig:
+    return resolve(dict(context.run_config))
+
+
+@lru_cache(maxsize=4)
+def _cached_config(items: tuple[tuple[str, Any], ...]) -> RunConfig:
+    return resolve(dict(items))
+
+
+@lru_cache(maxsize=256)
+def _client_setup(cfg: RunConfig, partition_id: int, client_id: str) -> ClientSetup:
+    values = cfg.as_dict()
+    data = load_client_data(values, partition_id)
+    _, _, input_shape, num_classes = load_test_set(values)
+    return ClientSetup(config=values, client_id=client_id, partition_id=partition_id, train_x=data.train_x,
+                       train_y=data.train_y, val_x=data.val_x, val_y=data.val_y, input_shape=input_shape,
+                       num_classes=num_classes)
+
+
+def client_setup(context: Context) -> ClientSetup:
+    cfg = _cached_config(tuple(sorted(dict(context.run_config).items())))
+    node = dict(context.node_config)
+    partition_id = int(node.get("partition-id", 0))
+    num_partitions = int(node.get("num-partitions", cfg["num-clients"]))
+    if num_partitions != int(cfg["num-clients"]):
+        raise ConfigError(f"node config num-partitions={num_partitions} disagrees with num-clients="
+                          f"{cfg['num-clients']}; start the federation with as many clients as num-clients")
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id={partition_id} is not valid: expected 0..{num_partitions - 1}")
+    client_id = str(node.get("client-id", f"client-{partition_id:03d}"))
+    return _client_setup(cfg, partition_id, client_id)
+
+
+def default_run_path(cfg: RunConfig) -> Path:
+    name = str(cfg["run-name"]) or time.strftime("%Y%m%d-%H%M%S")
+    return Path(str(cfg["run-dir"])).expanduser().resolve() / name
+
+
+def server_setup(context: Context) -> ServerSetup:
+    cfg = config_from_context(context)
+    values = cfg.as_dict()
+    test_x, test_y, input_shape, num_classes = load_test_set(values)
+    run_path = HOOKS.run_path or default_run_path(cfg)
+    return ServerSetup(
+        config=values, test_x=test_x, test_y=test_y, input_shape=input_shape, num_classes=num_classes,
+        run_path=run_path, declared_total=sum(declared_sizes(values)),
+        reporter=HOOKS.reporter_factory() if HOOKS.reporter_factory else LogReporter(),
+        on_finish=HOOKS.on_finish or finish_run,
+    )
+
+
+def finish_run(result: FederationResult, rundir: RunDirectory, wall: float) -> None:
+    """End of every run, whatever the engine: write the privacy report into the run directory."""
+    from privacy.report import write_report  # matplotlib is heavy: only load it at the end
+
+    write_report(rundir.path)
+
+
+clientapp = build_client_app(client_setup)
+serverapp = build_server_app(server_setup)

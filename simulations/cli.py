@@ -1,0 +1,214 @@
+"""The ``dpfl`` command line: simulate, privacy, report (and the engines' own commands).
+
+Every subcommand validates its input first: a bad value prints one line naming the key, the value
+and what is allowed, and exits with code 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Callable
+
+from rich.console import Console
+
+from simulations.config import ConfigError, add_config_flags, config_from_args
+
+EXIT_BAD_INPUT = 2
+console = Console(highlight=False)
+
+
+def _fail(message: str) -> int:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    return EXIT_BAD_INPUT
+
+
+def _setup_logging(verbose: bool) -> None:
+    """dpfl's own logger prints warnings (INFO with -v); Flower's INFO chatter stays quiet."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    ours = logging.getLogger("dpfl")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.propagate = False
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# --- simulate -----------------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.data import DataError
+
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    from server.app import privacy_statement
+    from simulations.progress import RichReporter
+    from simulations.simulate import preflight, simulate
+
+    try:
+        sigmas = preflight(cfg)
+    except (ConfigError, DataError) as exc:
+        return _fail(str(exc))
+    console.print(f"[bold]dpfl simulate[/] · {cfg['dataset']} · {cfg['num-clients']} clients · model {cfg['model']} · "
+                  f"{cfg['num-server-rounds']} rounds · engine {args.engine}")
+    if sigmas:
+        distinct = sorted(set(sigmas.values()))
+        console.print(f"target ε = {cfg['target-epsilon']} per client after {cfg.max_participations} rounds → "
+                      f"noise multiplier σ = {', '.join(f'{s:.4f}' for s in distinct)} "
+                      f"({'all clients' if len(distinct) == 1 else 'per client size'}; {cfg['accountant']})")
+    try:
+        outcome = simulate(cfg, reporter=RichReporter(console), engine=args.engine)
+    except (ConfigError, DataError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: the run directory keeps every finished round and all ledgers")
+        return 130
+    result = outcome.result
+    if result is None:  # Ray engine prints its own log; the run directory holds the outcome
+        console.print(f"run directory: {outcome.run_path}")
+        return 0
+    _print_summary(cfg, result, outcome.run_path, privacy_statement(cfg.as_dict()))
+    return 0 if not result.stop_reason or result.rounds_completed > 0 else 1
+
+
+def _print_summary(cfg, result, run_path, statement: list[str]) -> None:
+    import json
+
+    summary = json.loads((run_path / "summary.json").read_text())
+    console.print()
+    console.print("[bold]summary[/]")
+    console.print(f"  rounds        {result.rounds_completed}/{cfg['num-server-rounds']}"
+                  + (f"  (stopped: {result.stop_reason})" if result.stop_reason else ""))
+    console.print(f"  accuracy      {result.final_accuracy:.4f} (server test set)")
+    if result.epsilon_max is not None:
+        console.print(f"  ε             {result.epsilon_max:.3f} at δ = {summary['delta']:.3g} "
+                      f"(max over clients, {cfg['accountant']})")
+        per_client = ", ".join(f"{c} {e:.3f}" for c, e in result.epsilons.items())
+        console.print(f"  ε per client  {per_client}")
+    for line in statement:
+        console.print(f"  [yellow]{line}[/]" if "NOT" in line else f"  {line}")
+    console.print(f"  wall time     {summary['wall_seconds']:.1f} s")
+    console.print(f"  run directory {run_path}")
+
+
+# --- privacy calculator ---------------------------------------------------------------------------
+def cmd_privacy(args: argparse.Namespace) -> int:
+    import json
+
+    from privacy import ACCOUNTANTS, DpSgdRelease, calibrate_noise, epsilon, validate_release_params
+
+    try:
+        if not (0 < args.delta < 1):
+            raise ValueError(f"--delta {args.delta} is not valid: expected a number in (0, 1)")
+        if args.what == "epsilon":
+            validate_release_params(args.noise_multiplier, args.sample_rate, args.steps)
+        else:
+            validate_release_params(1.0, args.sample_rate, args.steps)
+            if not (args.target_epsilon > 0 and math.isfinite(args.target_epsilon)):
+                raise ValueError(f"--target-epsilon {args.target_epsilon} is not valid: expected a number > 0")
+    except ValueError as exc:
+        return _fail(str(exc))
+    names = list(ACCOUNTANTS) if args.accountant == "all" else [args.accountant]
+    values: dict[str, float] = {}
+    try:
+        for name in names:
+            if args.what == "epsilon":
+                release = DpSgdRelease(args.noise_multiplier, args.sample_rate, args.steps)
+                values[name] = epsilon([release], args.delta, name)
+            else:
+                values[name] = calibrate_noise(args.target_epsilon, args.delta, args.sample_rate, args.steps, 1,
+                                               accountant=name)
+    except ValueError as exc:
+        return _fail(str(exc))
+    key = "epsilon" if args.what == "epsilon" else "noise_multiplier"
+    if args.json:
+        out = {key: values if args.accountant == "all" else values[names[0]], "delta": args.delta,
+               "accountant": {n: values[n] for n in names} if args.accountant == "all" else names[0]}
+        print(json.dumps(out))
+        return 0
+    what = "ε" if key == "epsilon" else "σ"
+    for name in names:
+        console.print(f"{name:>4}  {what} = {values[name]:.6g}")
+    return 0
+
+
+# --- report ------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from privacy.report import write_report
+
+    run = Path(args.run_dir)
+    if not (run / "metrics.jsonl").exists():
+        return _fail(f"{run} is not a dpfl run directory (no metrics.jsonl); pass runs/<run-id>")
+    paths = write_report(run)
+    for p in paths:
+        console.print(str(p))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpfl", description="Federated learning with differential privacy")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_sim = sub.add_parser("simulate", help="run a federation on this machine (in-process engine by default)")
+    p_sim.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess")
+    add_config_flags(p_sim)
+    p_sim.set_defaults(func=cmd_simulate)
+
+    p_priv = sub.add_parser("privacy", help="privacy calculator (no training)")
+    priv_sub = p_priv.add_subparsers(dest="what", required=True)
+    for what in ("epsilon", "noise"):
+        p = priv_sub.add_parser(what, help="epsilon of DP-SGD" if what == "epsilon" else "sigma for a target epsilon")
+        p.add_argument("--sample-rate", type=float, required=True)
+        p.add_argument("--steps", type=int, required=True)
+        p.add_argument("--delta", type=float, required=True)
+        if what == "epsilon":
+            p.add_argument("--noise-multiplier", type=float, required=True)
+        else:
+            p.add_argument("--target-epsilon", type=float, required=True)
+        p.add_argument("--accountant", choices=("rdp", "prv", "pld", "all"), default="all" if what == "epsilon"
+                       else "pld")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_privacy)
+
+    p_rep = sub.add_parser("report", help="write report.json/md/html for a run directory")
+    p_rep.add_argument("run_dir")
+    p_rep.set_defaults(func=cmd_report)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Engines and harnesses add their subcommands here (launch, server, client, certs, sweep).
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _register_optional_commands() -> None:
+    import importlib
+
+    for module in ("simulations.deploy_cli", "simulations.sweep_cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        EXTRA_COMMANDS.append(mod.register)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register_optional_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Run one federation on one machine: checks first, then the in-process engine or Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context, RecordDict
+
+from privacy import calibrate_noise, steps_per_round
+from server.app import resolve_delta
+from server.federation import FederationResult, Reporter
+from server.rundir import RunDirectory
+from simulations import apps
+from simulations.config import ConfigError, RunConfig
+from simulations.data import declared_sizes, load_test_set
+from simulations.inprocess import SERVER_NODE_ID, InProcessGrid
+
+log = logging.getLogger("dpfl")
+
+
+@dataclass
+class SimulationOutcome:
+    run_path: Path
+    result: FederationResult | None
+    calibrated_sigma: dict[str, float]
+
+
+def preflight(cfg: RunConfig) -> dict[str, float]:
+    """Everything that can be checked before training: data present, model fits the data,
+    target epsilon reachable. Returns the calibrated sigma per client (empty without a target)."""
+    from models import build_model
+
+    values = cfg.as_dict()
+    _, _, input_shape, num_classes = load_test_set(values)  # raises DataError with a fix
+    try:
+        build_model(str(cfg["model"]), input_shape, num_classes)
+    except ValueError as exc:
+        raise ConfigError(f"model={cfg['model']!r} does not fit dataset={cfg['dataset']!r} "
+                          f"(inputs {input_shape}): {exc}") from None
+    sizes = declared_sizes(values)
+    too_small = [k for k, n in enumerate(sizes) if n < 1]
+    if too_small:
+        raise ConfigError(f"clients {too_small} have no training records; use fewer clients or another partition")
+    sigmas: dict[str, float] = {}
+    if cfg["dp"] and float(cfg["target-epsilon"]) > 0:
+        delta = resolve_delta(values, sum(sizes))
+        cache: dict[int, float] = {}
+        for k, n in enumerate(sizes):
+            if n not in cache:
+                q, steps = steps_per_round(n, int(cfg["batch-size"]), int(cfg["local-epochs"]))
+                try:
+                    cache[n] = calibrate_noise(float(cfg["target-epsilon"]), delta, q, steps,
+                                               cfg.max_participations, accountant=str(cfg["accountant"]))
+                except ValueError as exc:
+                    raise ConfigError(f"target-epsilon={cfg['target-epsilon']} cannot be reached for client {k} "
+                                      f"({n} records): {exc}") from None
+            sigmas[f"client-{k:03d}"] = cache[n]
+    return sigmas
+
+
+def worker_count(cfg: RunConfig) -> int:
+    if int(cfg["workers"]) > 0:
+        return int(cfg["workers"])
+    return max(1, min(os.cpu_count() or 1, int(cfg["num-clients"])))
+
+
+def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path | None = None,
+             engine: str = "inprocess") -> SimulationOutcome:
+    """Run the same ServerApp and ClientApp as every other engine, here on one machine."""
+    sigmas = preflight(cfg)
+    path = run_path or apps.default_run_path(cfg)
+    if (path / "metrics.jsonl").exists():
+        raise ConfigError(f"run directory {path} already holds a run; choose another --run-name")
+    if engine == "ray":
+        from simulations.ray_engine import simulate_on_ray
+
+        simulate_on_ray(cfg, path)
+        return SimulationOutcome(path, None, sigmas)
+    holder: dict[str, FederationResult] = {}
+
+    def on_finish(result: FederationResult, rundir: RunDirectory, wall: float) -> None:
+        holder["result"] = result
+        apps.finish_run(result, rundir, wall)
+
+    apps.HOOKS.reporter_factory = (lambda: reporter) if reporter is not None else None
+    apps.HOOKS.on_finish = on_finish
+    apps.HOOKS.run_path = path
+    try:
+        with InProcessGrid(client_app_ref="simulations.apps:clientapp", run_config=cfg.as_dict(),
+                           num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg)) as grid:
+            grid.warm_up()
+            context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
+                              run_config=cfg.as_dict())
+            apps.serverapp(grid, context)
+    finally:
+        apps.HOOKS.reporter_factory = apps.HOOKS.on_finish = None
+        apps.HOOKS.run_path = None
+    return SimulationOutcome(path, holder.get("result"), sigmas)

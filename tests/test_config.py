@@ -1,0 +1,72 @@
+"""The run config: defaults mirror pyproject, bad values are rejected with a useful message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from simulations.config import DEFAULTS, ConfigError, parse_run_config_string, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_defaults_equal_schema() -> None:
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table == DEFAULTS
+
+
+def test_defaults_resolve() -> None:
+    cfg = resolve()
+    assert cfg["num-clients"] == 10 and cfg["dp"] is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"num-clients": 0}, "num-clients=0"),
+        ({"noise-multiplier": -1}, "noise-multiplier=-1"),
+        ({"fraction-train": 1.5}, "fraction-train=1.5"),
+        ({"delta": 1.0}, "delta=1.0"),
+        ({"dataset": "imagenet"}, "fashion-mnist, digits, synthetic"),
+        ({"model": "gpt"}, "cnn"),
+        ({"num-server-rounds": "ten"}, "an integer"),
+        ({"dp": "maybe"}, "true or false"),
+        ({"learning-rate": float("nan")}, "learning-rate"),
+        ({"nosie-multiplier": 1.0}, "unknown config key 'nosie-multiplier'"),
+        ({"max-participations": 20, "num-server-rounds": 5}, "max-participations=20"),
+        ({"target-epsilon": 5.0, "epsilon-budget": 3.0}, "exceeds epsilon-budget"),
+        ({"dp": False, "target-epsilon": 3.0}, "need dp=true"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(overrides: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(overrides)
+    assert needle in str(info.value)
+
+
+def test_string_values_are_coerced() -> None:
+    cfg = resolve(parse_run_config_string("num-clients=3 dp=false learning-rate=0.05 partition=dirichlet"))
+    assert cfg["num-clients"] == 3 and cfg["dp"] is False and cfg["learning-rate"] == 0.05
+
+
+def test_cli_rejects_bad_value_with_exit_code_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "simulations.cli", "simulate", "--num-clients", "-3"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "num-clients=-3" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_config_file_and_flag_precedence(tmp_path: Path) -> None:
+    from simulations.cli import build_parser
+    from simulations.config import config_from_args
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('num-clients = 4\nbatch-size = 32\n')
+    args = build_parser().parse_args(["simulate", "--config", str(toml), "--batch-size", "16"])
+    cfg = config_from_args(args)
+    assert cfg["num-clients"] == 4 and cfg["batch-size"] == 16
