@@ -1,5 +1,13 @@
 """Model zoo: every model is Opacus-compatible (no BatchNorm; GroupNorm where normalisation helps)."""
 
-from models.zoo import MODELS, UnknownModelError, build_model
+from models.zoo import (
+    INPUT_REQUIREMENTS,
+    MODELS,
+    IncompatibleInputError,
+    UnknownModelError,
+    build_model,
+    check_input_shape,
+)
 
-__all__ = ["MODELS", "UnknownModelError", "build_model"]
+__all__ = ["INPUT_REQUIREMENTS", "MODELS", "IncompatibleInputError", "UnknownModelError", "build_model",
+           "check_input_shape"]

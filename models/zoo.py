@@ -1,66 +1,94 @@
-"""Models by name. Each takes the per-example input shape and the number of classes."""
+"""Models by name. Each factory takes the per-example input shape and the number of classes.
+
+Every model must be usable with Opacus per-sample gradients, so nothing here mixes examples within a
+batch: no BatchNorm (GroupNorm where normalisation helps), no running statistics.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+
+CNN_MIN_SIZE = 14  # smallest H and W the tanh CNN's two strided convs and pools can reduce to >= 1x1
+RESNET_MIN_SIZE = 8
+
 
 class UnknownModelError(ValueError):
-    """An unknown model name; the message lists the known ones."""
+    """An unknown model name; the message lists the known ones so the user can fix the config."""
 
 
-def _flat_size(features: nn.Module, input_shape: tuple[int, ...]) -> int:
-    with torch.no_grad():
-        return int(features(torch.zeros(1, *input_shape)).numel())
+class IncompatibleInputError(ValueError):
+    """A model cannot take inputs of this shape; the message names the model and what it needs."""
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _require_image(model: str, input_shape: tuple[int, ...], min_size: int) -> None:
+    """Fail early with a fix, instead of a shape error deep inside a forward pass."""
+    if len(input_shape) != 3 or min(input_shape[1:]) < min_size or input_shape[0] < 1:
+        raise IncompatibleInputError(
+            f"model {model!r} needs image inputs of shape C x H x W with H, W >= {min_size}, got "
+            f"{tuple(input_shape)}; use 'mlp' or 'logreg', which take any input shape")
 
 
 class TanhCNN(nn.Module):
-    """Papernot et al. 2021 (tempered sigmoids): tanh activations suit clipped, noised gradients."""
+    """Papernot et al. 2021 (tempered sigmoids): tanh keeps activations bounded, so clipped, noised
+    gradients lose less signal than with ReLU. Sized for 28x28; other sizes >= 14x14 work too."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
-        if len(input_shape) != 3 or min(input_shape[1:]) < 14:
-            raise ValueError(f"cnn needs image inputs of at least C x 14 x 14, got {input_shape}; "
-                             "use mlp or logreg for smaller inputs")
+        _require_image("cnn", input_shape, CNN_MIN_SIZE)
         self.features = nn.Sequential(
             nn.Conv2d(input_shape[0], 16, 8, stride=2, padding=3), nn.Tanh(), nn.MaxPool2d(2, 1),
             nn.Conv2d(16, 32, 4, stride=2), nn.Tanh(), nn.MaxPool2d(2, 1), nn.Flatten())
-        self.classifier = nn.Sequential(nn.Linear(_flat_size(self.features, input_shape), 32), nn.Tanh(),
-                                        nn.Linear(32, num_classes))
+        with torch.no_grad():  # flatten size from a dummy forward: 32*4*4 for 28x28
+            flat = int(self.features(torch.zeros(1, *input_shape)).shape[1])
+        self.classifier = nn.Sequential(nn.Linear(flat, 32), nn.Tanh(), nn.Linear(32, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+class MLP(nn.Sequential):
+    """One tanh hidden layer: a baseline for any input shape (features or small images)."""
 
-
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(_numel(input_shape), hidden), nn.Tanh(),
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> None:
+        super().__init__(nn.Flatten(), nn.Linear(_numel(input_shape), hidden), nn.Tanh(),
                          nn.Linear(hidden, num_classes))
 
 
-def logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(_numel(input_shape), num_classes))
+class LogReg(nn.Sequential):
+    """Multinomial logistic regression: convex, so DP and FL effects are not confounded by optimisation."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__(nn.Flatten(), nn.Linear(_numel(input_shape), num_classes))
 
 
-class _Block(nn.Module):
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm normalises within one example (BatchNorm would leak across the batch under DP)."""
+    return nn.GroupNorm(math.gcd(16, channels), channels)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with GroupNorm and a (projected when the shape changes) skip connection."""
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = nn.GroupNorm(min(16, cout), cout)
+        self.norm1 = _group_norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm2 = nn.GroupNorm(min(16, cout), cout)
-        self.act = nn.Tanh()
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.GroupNorm(min(16, cout), cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.norm2 = _group_norm(cout)
+        self.act = nn.ReLU()
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _group_norm(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.norm1(self.conv1(x)))
@@ -68,19 +96,20 @@ class _Block(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A small ResNet with GroupNorm (BatchNorm mixes samples and breaks per-sample DP)."""
+    """ResNet-8 (CIFAR style: 3x3 stem, one basic block per stage, widths 16/32/64) with GroupNorm,
+    the usual small DP-CIFAR-10 backbone: few parameters keep the DP noise per coordinate tolerable."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int,
+                 widths: tuple[int, ...] = (16, 32, 64)) -> None:
         super().__init__()
-        if len(input_shape) != 3 or min(input_shape[1:]) < 8:
-            raise ValueError(f"resnet needs image inputs of at least C x 8 x 8, got {input_shape}")
-        c = input_shape[0]
-        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, padding=1, bias=False),
-                                  nn.GroupNorm(min(16, widths[0]), widths[0]), nn.Tanh())
-        blocks, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            blocks.append(_Block(cin, w, stride=1 if i == 0 else 2))
-            cin = w
+        _require_image("resnet", input_shape, RESNET_MIN_SIZE)
+        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False),
+                                  _group_norm(widths[0]), nn.ReLU())
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for i, width in enumerate(widths):
+            blocks.append(BasicBlock(cin, width, stride=1 if i == 0 else 2))
+            cin = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
 
@@ -88,15 +117,40 @@ class ResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+MODELS: dict[str, ModelFactory] = {
     "cnn": TanhCNN,
-    "mlp": mlp,
-    "logreg": logreg,
+    "mlp": MLP,
+    "logreg": LogReg,
     "resnet": ResNet,
 }
 
+# What each model accepts, for config validation before any data is loaded.
+INPUT_REQUIREMENTS: dict[str, str] = {
+    "cnn": f"C x H x W images with H, W >= {CNN_MIN_SIZE} (designed for 1 x 28 x 28)",
+    "mlp": "any shape (flattened)",
+    "logreg": "any shape (flattened)",
+    "resnet": f"C x H x W images with H, W >= {RESNET_MIN_SIZE} (designed for 3 x 32 x 32)",
+}
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+
+def _known(name: str) -> None:
     if name not in MODELS:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](tuple(input_shape), int(num_classes))
+
+
+def check_input_shape(name: str, input_shape: tuple[int, ...]) -> None:
+    """Raise UnknownModelError / IncompatibleInputError without building anything (cheap config check)."""
+    _known(name)
+    shape = tuple(int(d) for d in input_shape)
+    if name == "cnn":
+        _require_image(name, shape, CNN_MIN_SIZE)
+    elif name == "resnet":
+        _require_image(name, shape, RESNET_MIN_SIZE)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A freshly initialised model (seed torch beforehand for reproducible weights)."""
+    check_input_shape(name, input_shape)
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return MODELS[name](tuple(int(d) for d in input_shape), int(num_classes))

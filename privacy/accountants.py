@@ -46,7 +46,16 @@ def _check(accountant: str, delta: float | None = None) -> None:
 
 
 def _key(releases: Sequence[Release]) -> Key:
-    return tuple(r.key for r in releases)
+    """Canonical form: consecutive releases of the same mechanism merge (steps add up), so a ledger of
+    identical rounds is one self-composition - cheaper, and the same number however it is split."""
+    merged: list[tuple[str, float, float, int]] = []
+    for r in releases:
+        mech, sigma, q, steps = r.key
+        if merged and merged[-1][:3] == (mech, sigma, q):
+            merged[-1] = (mech, sigma, q, merged[-1][3] + steps)
+        else:
+            merged.append((mech, sigma, q, steps))
+    return tuple(merged)
 
 
 # --- RDP ---------------------------------------------------------------------------------------------
@@ -110,15 +119,14 @@ def epsilon_per_release(releases: Sequence[Release], delta: float,
                         accountant: str = DEFAULT_ACCOUNTANT) -> list[float]:
     """Cumulative epsilon after each release (every prefix), composed incrementally."""
     _check(accountant, delta)
-    key = _key(releases)
     if accountant == "rdp":
         out, op, dp = [], np.zeros(len(RDP_ORDERS)), np.zeros(len(RDP_ORDERS))
-        for k in key:
-            a, b = _rdp_vectors(k)
+        for r in releases:
+            a, b = _rdp_vectors(r.key)
             op, dp = op + a, dp + b
             out.append(_rdp_epsilon_from_vectors(op, dp, delta))
         return out
-    return [_epsilon_cached(key[: i + 1], float(delta), accountant) for i in range(len(key))]
+    return [_epsilon_cached(_key(releases[: i + 1]), float(delta), accountant) for i in range(len(releases))]
 
 
 def epsilon_all(releases: Sequence[Release], delta: float) -> dict[str, float]:

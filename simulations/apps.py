@@ -66,6 +66,11 @@ def client_setup(context: Context) -> ClientSetup:
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id={partition_id} is not valid: expected 0..{num_partitions - 1}")
     client_id = str(node.get("client-id", f"client-{partition_id:03d}"))
+    # A SuperNode on its own machine names its local data and ledger directories (`dpfl client --data-dir
+    # --state-dir`): they override the run config's for this client only.
+    local = {key: str(node[key]) for key in ("data-dir", "state-dir") if str(node.get(key, ""))}
+    if local:
+        cfg = cfg.replace(**local)
     return _client_setup(cfg, partition_id, client_id)
 
 

@@ -17,11 +17,11 @@ from rich.console import Console
 from simulations.config import ConfigError, add_config_flags, config_from_args
 
 EXIT_BAD_INPUT = 2
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> int:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
     return EXIT_BAD_INPUT
 
 

@@ -1,0 +1,225 @@
+"""The report's reading order, as format-neutral blocks that the markdown and HTML renderers share.
+
+One layout for both formats means the two documents cannot drift apart: they differ only in syntax.
+Blocks: ("h3", text), ("p", text), ("banner", title, lines), ("note", text), ("list", items),
+("kv", rows), ("table", headers, rows), ("img", plot name, alt text), ("code", language, text).
+Text may contain `code spans` (backticks), which both renderers understand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Block = tuple[Any, ...]
+DASH = "—"
+MANY_CLIENTS = 20  # more: the accountants table shows distinct ledgers instead of every client
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+def f_eps(v: float | None) -> str:
+    return DASH if v is None else f"{v:.4f}"
+
+
+def f_num(v: float | None, digits: int = 4) -> str:
+    return DASH if v is None else f"{v:.{digits}f}"
+
+
+def f_g(v: Any) -> str:
+    return DASH if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def f_rel(v: float | None) -> str:
+    return DASH if v is None else f"{v:.1e}"
+
+
+def _glance(r: dict[str, Any]) -> Section:
+    fed, mech, acc = r["federation"], r["mechanism"], r["accountants"]
+    n_bad = len(acc["mismatches"]) + sum(len(c["details"]) for c in r["checks"])
+    check = "OK: every ε re-derived from the ledgers" if r["accounting_ok"] else f"MISMATCH ({n_bad} problems)"
+    eps_text = (f"{f_eps(fed['epsilon'])} at δ = {f_g(fed['delta'])} ({fed['accountant']}; max over clients)"
+                if fed["epsilon"] is not None else "none: no DP guarantee (dp = false)")
+    rows = [
+        ("Federation ε", eps_text),
+        ("Guarantee", "NOT PRIVATE" if mech["not_private"] else "sample-level (ε, δ)-DP for every record"),
+        ("Clients", str(len(r["clients"]))),
+        ("Rounds", f"{fed['rounds_completed']} of {fed['num_server_rounds']}"),
+        ("Run", fed["stop_text"]),
+        ("Final test accuracy", f_num(r["training"]["final_accuracy"])),
+        ("Accounting re-check", check),
+        ("Run directory", f"`{r['run']['directory']}`"),
+        ("Report generated", r["generated"]),
+    ]
+    blocks: list[Block] = []
+    if r["banner"]:
+        blocks.append(("banner", r["banner"]["title"], r["banner"]["lines"]))
+    for w in r["warnings"]:
+        blocks.append(("note", f"Warning: {w}"))
+    blocks.append(("kv", rows))
+    return Section("At a glance", blocks)
+
+
+def _mechanism(r: dict[str, Any]) -> Section:
+    m = r["mechanism"]
+    rows = [
+        ("What is protected", m["protected"]),
+        ("Unit of privacy", m["unit"]),
+        ("Mechanism", m["how"]),
+        ("Composition", m["composition"]),
+        ("δ", f"{f_g(m['delta'])} ({m['delta_source']}). {m['delta_explanation']}"),
+        ("Accountant", f"{m['accountant']}: {m['accountant_description']}"),
+        ("Federation ε", m["assumption"]),
+    ]
+    blocks: list[Block] = [("kv", rows), ("p", "The guarantee does NOT cover:"), ("list", m["excludes"])]
+    if m["privacy_statement"]:
+        blocks += [("p", "Privacy statement recorded by the server (config.json):"), ("list", m["privacy_statement"])]
+    params = [(f"`{k}`", f_g(v)) for k, v in m["parameters"].items()]
+    params += [(f"resolved `{k}`", f_g(v)) for k, v in m["resolved"].items()]
+    if params:
+        blocks += [("p", "Run configuration:"), ("kv", params)]
+    return Section("1. Privacy mechanism", blocks)
+
+
+def _epsilon(r: dict[str, Any]) -> Section:
+    e = r["epsilon"]
+    if not e["clients"]:
+        return Section("2. ε per client per round", [("p", "No ε: differential privacy was off in this run.")])
+    blocks: list[Block] = [("p", e["note"])]
+    if "epsilon" in r["plots"]:
+        alt = "epsilon per client per round" + (" (min/median/max band)" if e["plot_mode"] == "band" else "")
+        blocks.append(("img", "epsilon", alt))
+    shown = e["table_clients"]
+    many = e["table_mode"] != "all"
+    headers = ["round", *shown] + (["min", "median", "max"] if many else [])
+    rows = []
+    for i, rnd in enumerate(e["rounds"]):
+        row = [str(rnd)] + [f_eps(e["per_client"][c][i]) for c in shown]
+        if many:
+            row += [f_eps(e["stats"][s][i]) for s in ("min", "median", "max")]
+        rows.append(row)
+    if many:
+        blocks.append(("p", f"Showing the {len(shown)} clients with the largest final ε of {len(e['clients'])}, "
+                            "plus min / median / max over all clients; the full table is in report.json "
+                            "(`epsilon.per_client`)."))
+    blocks.append(("table", headers, rows))
+    return Section("2. ε per client per round", blocks)
+
+
+def _federation(r: dict[str, Any]) -> Section:
+    fed = r["federation"]
+    blocks: list[Block] = []
+    if fed["epsilon"] is not None:
+        who = ", ".join(fed["argmax_clients"][:5]) + (" ..." if len(fed["argmax_clients"]) > 5 else "")
+        blocks.append(("p", f"Federation ε = {f_eps(fed['epsilon'])} at δ = {f_g(fed['delta'])} "
+                            f"({fed['accountant']}): the maximum over {len(r['clients'])} clients, reached by {who}."))
+    else:
+        blocks.append(("p", "No federation ε: differential privacy was off."))
+    if fed["stopped_early"]:
+        blocks.append(("note", f"Run {fed['stop_text']}"))
+    else:
+        blocks.append(("p", f"The run {fed['stop_text']}."))
+    budget = (f"ε = {f_g(fed['budget'])} per client (from {fed['budget_source']})" if fed["budget"]
+              else "none configured (epsilon-budget = 0 and target-epsilon = 0)")
+    blocks.append(("kv", [("Budget", budget), ("Max participations per client", f_g(fed["max_participations"]))]))
+    headers = ["client", "status", "participations", "ε", "budget", "remaining", "reason"]
+    rows = [[c["client"], c["status"], f_g(c["participations"]), f_eps(c["epsilon"]), f_g(c["budget"]),
+             f_eps(c["remaining"]), c["reason"] or ""] for c in r["clients"]]
+    blocks += [("h3", "Budget status per client"), ("table", headers, rows), ("h3", "Events by round")]
+    if r["events"]:
+        blocks.append(("table", ["round", "client", "event", "reason"],
+                       [[str(ev["round"]), ev["client"], ev["event"], ev["reason"]] for ev in r["events"]]))
+    else:
+        blocks.append(("p", "No client dropped, failed or declined in any round."))
+    return Section("3. Federation ε, budgets and events", blocks)
+
+
+def _training(r: dict[str, Any]) -> Section:
+    t = r["training"]
+    blocks: list[Block] = [("p", t["note"] + ".")]
+    for name, alt in (("accuracy", "test accuracy per round"), ("accuracy_vs_epsilon", "test accuracy against ε")):
+        if name in r["plots"]:
+            blocks.append(("img", name, alt))
+    rows = [[str(x["round"]), f_num(x["accuracy"]), f_num(x["loss"]), f_eps(x["epsilon_max"]),
+             f_g(x["participants"]), f_num(x["seconds"], 1)] for x in t["rounds"]]
+    blocks.append(("table", ["round", "accuracy", "loss", "federation ε", "participants", "seconds"], rows))
+    return Section("4. Accuracy", blocks)
+
+
+def _accountants(r: dict[str, Any]) -> Section:
+    acc = r["accountants"]
+    if not acc["distinct"]:
+        return Section("5. Accountants side by side", [("p", "No ledger holds a release: nothing to account.")])
+    blocks: list[Block] = [("p", (
+        "Each client's ledger recomputed with all three accountants at the run's δ. `reported` is the ε the "
+        f"run wrote in the ledger (its accountant); a relative difference above {acc['tolerance']:g} is a "
+        f"bug. {len(acc['distinct'])} distinct ledger(s) among {len(acc['clients'])} client(s), each "
+        f"computed once; {acc['prefix_check']}."))]
+    if acc["mismatches"]:
+        blocks.append(("banner", "ACCOUNTING MISMATCH", acc["mismatches"]))
+    headers = ["reported", "pld", "prv", "rdp", "rel. difference", "check"]
+    if len(acc["clients"]) <= MANY_CLIENTS:
+        rows = [[c["client"], c["ledger"], str(c["releases"]), f_eps(c["reported"]),
+                 *[f_eps(c["recomputed"].get(a)) for a in ("pld", "prv", "rdp")], f_rel(c["relative_difference"]),
+                 "OK" if c["ok"] else "MISMATCH"] for c in acc["clients"]]
+        blocks.append(("table", ["client", "ledger", "releases", *headers], rows))
+    else:
+        by_ledger: dict[str, list[dict[str, Any]]] = {}
+        for c in acc["clients"]:
+            by_ledger.setdefault(c["ledger"], []).append(c)
+        rows = []
+        for d in acc["distinct"]:
+            cs = by_ledger[d["id"]]
+            reported = sorted({c["reported"] for c in cs if c["reported"] is not None})
+            worst = max((c["relative_difference"] or 0.0 for c in cs), default=None)
+            rows.append([d["id"], str(len(cs)), str(d["releases"]),
+                         " / ".join(f_eps(v) for v in reported) or DASH,
+                         *[f_eps(d["recomputed"].get(a)) for a in ("pld", "prv", "rdp")], f_rel(worst),
+                         "OK" if all(c["ok"] for c in cs) else "MISMATCH"])
+        blocks.append(("table", ["ledger", "clients", "releases", *headers], rows))
+    if r["checks"]:
+        items = [f"{'OK' if c['ok'] else 'FAIL'}: {c['name']}" + ("" if c["ok"] else ": " + "; ".join(c["details"][:5]))
+                 for c in r["checks"]]
+        blocks += [("p", "Cross-checks between the run's files:"), ("list", items)]
+    return Section("5. Accountants side by side", blocks)
+
+
+def _reproduction(r: dict[str, Any]) -> Section:
+    if not r["reproduction"]:
+        return Section("6. Reproduction", [("p", "No releases: nothing to reproduce.")])
+    blocks: list[Block] = [("p", (
+        "The exact parameters behind every ε above, per distinct ledger (the sample rate q and the steps per "
+        "round follow from each client's record count, batch size and local epochs)."))]
+    for rep in r["reproduction"]:
+        clients = ", ".join(rep["clients"][:10]) + (f" and {len(rep['clients']) - 10} more"
+                                                     if len(rep["clients"]) > 10 else "")
+        blocks.append(("h3", f"Ledger {rep['ledger']}: {clients}"))
+        rows = [[s["mechanism"], repr(s["noise_multiplier"]), repr(s["sample_rate"]), str(s["steps_per_round"]),
+                 str(s["rounds"])] for s in rep["schedule"]]
+        blocks.append(("table", ["mechanism", "σ (noise multiplier)", "q (sample rate)", "steps per round",
+                                 "rounds"], rows))
+        blocks.append(("kv", [("δ", repr(rep["delta"])), ("accountant", rep["accountant"]),
+                              ("releases", str(rep["rounds"]))]))
+        if rep["command"]:
+            out = rep["command_output"]
+            blocks += [("p", f"Every release is identical, so one DP-SGD run of {rep['total_steps']} steps "
+                             f"({rep['steps_per_round']} per round x {rep['rounds']} rounds) has the same ε:"),
+                       ("code", "bash", rep["command"]),
+                       ("p", "which prints " + ", ".join(f"{k} ε = {v:.6g}" for k, v in out.items())
+                        + " (equal to the ledger's values up to the accountants' discretisation).")]
+        else:
+            blocks.append(("p", "The releases differ between rounds, so no single command line reproduces "
+                                "them; use the Python below."))
+        blocks += [("p", "With dp-accounting and Opacus alone:"), ("code", "python", rep["python"])]
+    return Section("6. Reproduction", blocks)
+
+
+def build_document(report: dict[str, Any]) -> tuple[str, list[Section]]:
+    """(title, sections) in reading order."""
+    title = f"Privacy report: {report['run']['id']}"
+    return title, [_glance(report), _mechanism(report), _epsilon(report), _federation(report),
+                   _training(report), _accountants(report), _reproduction(report)]

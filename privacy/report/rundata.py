@@ -1,0 +1,84 @@
+"""Reading a run directory (the contract in DESIGN.md) without trusting it to be complete.
+
+A report is most needed when a run went wrong, so a missing summary or a torn last metrics line
+becomes a warning in the report instead of an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privacy.ledger import Ledger, LedgerError
+
+
+@dataclass
+class RunData:
+    """Everything the report is built from, as read from disk."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    ledgers: dict[str, Ledger]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        return dict(self.config.get("resolved") or {})
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort client-2 before client-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
+
+
+def _read_json(path: Path, warnings: list[str]) -> dict[str, Any] | None:
+    if not path.exists():
+        warnings.append(f"{path.name} is missing")
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        warnings.append(f"{path.name} is not valid JSON ({exc.msg}); ignored")
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_metrics(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    if not path.exists():
+        warnings.append("metrics.jsonl is missing: no round was completed")
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.append(f"metrics.jsonl line {n} is unreadable (torn write?); skipped")
+    return sorted(rows, key=lambda r: int(r.get("round", 0)))
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read config, metrics, summary and every ledger of a run directory."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory; pass runs/<run-id>")
+    warnings: list[str] = []
+    config = _read_json(path / "config.json", warnings) or {}
+    summary = _read_json(path / "summary.json", warnings)
+    if summary is None:
+        warnings.append("summary.json is missing or unreadable: the run did not finish (or is still "
+                        "running); this report uses metrics.jsonl and the ledgers only")
+    metrics = _read_metrics(path / "metrics.jsonl", warnings)
+    ledgers: dict[str, Ledger] = {}
+    for file in sorted((path / "ledgers").glob("*.jsonl"), key=lambda p: natural_key(p.stem)):
+        try:
+            ledgers[file.stem] = Ledger.load(file)
+        except (LedgerError, ValueError, KeyError) as exc:
+            warnings.append(f"ledger {file.name} could not be read ({exc}); its client is NOT re-checked")
+    return RunData(path=path, config=config, metrics=metrics, summary=summary, ledgers=ledgers, warnings=warnings)

@@ -1,0 +1,437 @@
+"""``dpfl launch | server | client | certs``: the deployment engine's commands.
+
+``launch`` runs a whole federation as real processes on this machine; ``server`` and ``client`` start
+one side each for a federation across machines; ``certs`` makes the TLS material. Bad input exits 2
+before any process starts, like every other dpfl command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args
+
+EXIT_BAD_INPUT = 2
+DEFAULT_SERVER_ADDRESS = "0.0.0.0:9092"
+ACTIVATED_RE = re.compile(r"Activated node_id=(\d+)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the deployment subcommands to the ``dpfl`` parser."""
+    p = sub.add_parser("launch", help="run a federation as real processes here: 1 SuperLink + N SuperNodes",
+                       description="Start flower-superlink and one flower-supernode per client on "
+                                   "127.0.0.1, submit the run with `flwr run`, and stop every process at the "
+                                   "end. Writes the same run directory as `dpfl simulate`, plus logs/ with "
+                                   "every process's log.")
+    p.add_argument("--clients", type=int, default=None, metavar="N",
+                   help="number of SuperNodes (sets num-clients; default: num-clients)")
+    _add_tls_flags(p, insecure_help="plaintext between the local processes (the default for launch)")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="stop everything if the run has not finished after this long (0: no limit)")
+    p.add_argument("--startup-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long the SuperLink and SuperNodes may take to come up")
+    p.add_argument("--client-threads", type=int, default=None, metavar="N",
+                   help="torch threads per client process (default: cores / clients)")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show every line of every process (Flower's INFO lines included)")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("server", help="start a SuperLink for a federation across machines",
+                       description="Start flower-superlink (Fleet, Control and Runtime APIs on one "
+                                   "address) and print how clients connect and how to submit the run. With "
+                                   "--submit, wait for num-clients SuperNodes, run the federation, print the "
+                                   "summary and stop.")
+    p.add_argument("--address", "--fleet-address", dest="address", default=DEFAULT_SERVER_ADDRESS,
+                   metavar="HOST:PORT",
+                   help=f"where the SuperLink listens (default {DEFAULT_SERVER_ADDRESS})")
+    p.add_argument("--public-address", default=None, metavar="HOST:PORT",
+                   help="the address clients use to reach this machine (for the printed commands)")
+    _add_tls_flags(p, insecure_help="serve plaintext HTTP (only on a trusted network)")
+    p.add_argument("--database", default=None, metavar="FILE",
+                   help="SuperLink state database (default: in memory)")
+    p.add_argument("--flower-home", default=None, metavar="DIR",
+                   help="FLWR_HOME with the federation entry for `flwr run` (default: <run-dir>/flower-home)")
+    p.add_argument("--submit", action="store_true",
+                   help="wait for num-clients SuperNodes, submit the run, stop when it ends")
+    p.add_argument("--startup-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="with --submit: how long to wait for the SuperNodes")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show every line")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("client", help="start one SuperNode (a client) that connects to a SuperLink",
+                       description="Start flower-supernode for partition K of N. Each training round runs "
+                                   "in a fresh process; the client's privacy ledger lives on disk in "
+                                   "--state-dir, so a restarted client continues its epsilon, never from "
+                                   "zero.")
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    p.add_argument("--partition-id", type=int, required=True, metavar="K")
+    p.add_argument("--num-partitions", type=int, required=True, metavar="N")
+    p.add_argument("--client-id", default=None, help="stable client name (default client-<K, 3 digits>)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="this client's local dataset directory")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="where this client keeps its durable ledger (default: the run config's state-dir, "
+                        "else <run dir>/client-state, which must then be writable here)")
+    p.add_argument("--port", type=int, default=0, metavar="PORT",
+                   help="local port of the SuperNode's ClientApp runtime API (default: a free one)")
+    _add_tls_flags(p, insecure_help="plaintext to the SuperLink (the default only for a loopback --server)",
+                   client=True)
+    p.add_argument("--flower-home", default=None, metavar="DIR",
+                   help="FLWR_HOME of the SuperNode (default: a temporary directory)")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show every line")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("certs", help="generate a CA and a server certificate for TLS",
+                       description="Write ca.crt, ca.key, server.pem, server.key into DIR. The server "
+                                   "certificate is valid for 127.0.0.1, localhost and every --host. Clients "
+                                   "need only ca.crt.")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="extra DNS name or IP address of the SuperLink (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    p.add_argument("--force", action="store_true", help="replace existing certificates")
+    p.set_defaults(func=cmd_certs)
+
+
+def _add_tls_flags(p: argparse.ArgumentParser, *, insecure_help: str, client: bool = False) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--certificates", default=None, metavar="DIR" if not client else "DIR|CA_FILE",
+                       help="TLS: directory made by `dpfl certs`"
+                       + (" (or the CA file alone)" if client else ""))
+    group.add_argument("--insecure", action="store_true", help=insecure_help)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+def _fail(message: str) -> int:
+    from simulations.cli import _fail as cli_fail
+
+    return cli_fail(message)
+
+
+def _verbose(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "verbose", False))
+
+
+def _console():  # noqa: ANN202 - rich Console, imported lazily with the CLI
+    from simulations.cli import console
+
+    return console
+
+
+def _split_address(address: str, what: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {address!r} is not valid: expected HOST:PORT, e.g. 10.0.0.5:9092")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _config_and_preflight(args: argparse.Namespace) -> RunConfig:
+    """Resolve and check the run config like `dpfl simulate` (raises ConfigError / DataError)."""
+    from simulations.simulate import preflight
+
+    cfg = config_from_args(args)
+    preflight(cfg)
+    return cfg
+
+
+def _print_run_summary(cfg: RunConfig, run_path: Path, summary: dict) -> None:
+    from server.app import privacy_statement
+    from simulations.cli import _print_summary
+    from simulations.launch import client_events, result_from_summary
+
+    _print_summary(cfg, result_from_summary(summary), run_path, privacy_statement(cfg.as_dict()))
+    events = client_events(summary)
+    console = _console()
+    for cid, rnd, event, reason in events:
+        console.print(f"  [yellow]{cid} {event} in round {rnd}[/]: {reason}")
+
+
+# --- launch -----------------------------------------------------------------------------------------------
+def cmd_launch(args: argparse.Namespace) -> int:
+    from simulations import apps
+    from simulations.certs import CertificateError, load_certificates
+    from simulations.data import DataError
+    from simulations.launch import LaunchError, launch_federation, repo_root
+
+    try:
+        cfg = config_from_args(args)
+        if args.clients is not None:
+            explicit = getattr(args, "num-clients", None)
+            if explicit is not None and int(explicit) != args.clients:
+                raise ConfigError(f"--clients {args.clients} disagrees with --num-clients {explicit}; "
+                                  "give one of them")
+            if args.clients < 1:
+                raise ConfigError(f"--clients {args.clients} is not valid: expected an integer >= 1")
+            cfg = cfg.replace(**{"num-clients": args.clients})
+        for flag, value in (("--timeout", args.timeout), ("--startup-timeout", args.startup_timeout)):
+            if value < 0:
+                raise ConfigError(f"{flag} {value} is not valid: expected a number >= 0")
+        if args.client_threads is not None and args.client_threads < 1:
+            raise ConfigError(f"--client-threads {args.client_threads} is not valid: expected an "
+                              "integer >= 1")
+        certs = load_certificates(args.certificates) if args.certificates else None
+        repo_root()
+        from simulations.simulate import preflight
+
+        preflight(cfg)
+    except (ConfigError, DataError, CertificateError, LaunchError) as exc:
+        return _fail(str(exc))
+    run_path = apps.default_run_path(cfg)
+    if (run_path / "metrics.jsonl").exists():
+        return _fail(f"run directory {run_path} already holds a run; choose another --run-name")
+    console = _console()
+    console.print(f"[bold]dpfl launch[/] · {cfg['dataset']} · {cfg['num-clients']} clients (SuperNodes) · "
+                  f"model {cfg['model']} · {cfg['num-server-rounds']} rounds · "
+                  f"{'TLS' if certs else 'plaintext'}")
+    result = launch_federation(cfg, run_path, certs=certs, console=console, verbose=_verbose(args),
+                               timeout=args.timeout, startup_timeout=args.startup_timeout or 120.0,
+                               client_threads=args.client_threads)
+    code = result.exit_code
+    if result.message:
+        style = "yellow" if code in (130, 143) else "bold red"
+        console.print(f"[{style}]{'error: ' if code not in (0, 130, 143) else ''}{result.message}[/]")
+    if result.summary is not None:
+        _print_run_summary(cfg, run_path, result.summary)
+    if result.client_exits:
+        console.print("  SuperNodes that died during the run: "
+                      + ", ".join(f"{k} ({v})" for k, v in result.client_exits.items()))
+    console.print(f"  process logs  {run_path / 'logs'}")
+    if result.leftover_pids or result.leftover_ports:
+        console.print(f"[bold red]error:[/] processes {result.leftover_pids} / ports {result.leftover_ports} "
+                      "still alive after SIGKILL")
+        return code or 1
+    return code
+
+
+# --- server -----------------------------------------------------------------------------------------------
+def cmd_server(args: argparse.Namespace) -> int:
+    from simulations import apps
+    from simulations.certs import CertificateError, certificate_hosts, load_certificates
+    from simulations.data import DataError
+    from simulations.launch import (
+        LaunchError,
+        absolute_paths,
+        repo_root,
+        superlink_command,
+        write_flower_home,
+        write_run_config,
+    )
+
+    try:
+        if not args.certificates and not args.insecure:
+            raise ConfigError("dpfl server needs --certificates DIR (make them with `dpfl certs DIR --host "
+                              "NAME`) or --insecure for plaintext on a trusted network")
+        host, port = _split_address(args.address, "--address")
+        public_host, public_port = _split_address(args.public_address, "--public-address") \
+            if args.public_address else (host if host not in ("0.0.0.0", "::") else "<this machine>", port)
+        certs = load_certificates(args.certificates) if args.certificates else None
+        cfg = _config_and_preflight(args)
+        root = repo_root()
+    except (ConfigError, DataError, CertificateError, LaunchError) as exc:
+        return _fail(str(exc))
+    console = _console()
+    if certs is not None and public_host != "<this machine>":
+        names = certificate_hosts(certs.server_cert)
+        if public_host not in names:
+            console.print(f"[yellow]warning:[/] {certs.server_cert} is valid for {', '.join(names)}, not "
+                          f"{public_host}; clients will refuse it (regenerate with --host {public_host})")
+    run_path = apps.default_run_path(cfg)
+    cfg = absolute_paths(cfg, run_path)
+    home = (Path(args.flower_home).expanduser().resolve() if args.flower_home
+            else run_path.parent / "flower-home")
+    local = f"127.0.0.1:{port}"
+    write_flower_home(home, "dpfl", local, ca_cert=certs.ca_cert if certs else None)
+    run_config = write_run_config(home / f"run-config-{run_path.name}.toml", cfg)
+    tls = ["--certificates", "<dir with ca.crt>"] if certs else ["--insecure"]
+    n = int(cfg["num-clients"])
+    console.print(f"[bold]dpfl server[/] · SuperLink on {args.address} ({'TLS' if certs else 'PLAINTEXT'})")
+    if certs is None:
+        console.print("[yellow]warning: --insecure: model updates travel in plaintext; use --certificates "
+                      "outside a trusted network[/]")
+    console.print(f"Start each of the {n} clients on its machine (K = 0..{n - 1}):")
+    console.print(f"  dpfl client --server {public_host}:{public_port} --partition-id K --num-partitions {n} "
+                  f"{' '.join(tls)} [--data-dir DIR] [--state-dir DIR]")
+    console.print("Submit the run from this machine (source checkout):")
+    console.print(f"  FLWR_HOME={home} flwr run {root} dpfl --run-config {run_config} --stream")
+    console.print(f"  (federation entry in {home / 'config.toml'}; run directory {run_path})")
+    return _serve(args, cfg, certs, host, port, home, run_config, run_path, superlink_command(
+        host, port, certs, database=Path(args.database).expanduser().resolve() if args.database else None))
+
+
+def _serve(args: argparse.Namespace, cfg: RunConfig, certs, host: str, port: int,  # noqa: ANN001
+           home: Path, run_config: Path, run_path: Path, command: list[str]) -> int:
+    """Supervise the SuperLink in the foreground; with --submit, also wait for clients and run."""
+    from simulations.launch import (
+        LaunchError,
+        LogPrinter,
+        Supervisor,
+        Terminated,
+        flwr_run_command,
+        load_summary,
+        repo_root,
+        run_exit_code,
+        sigterm_as_exception,
+    )
+
+    console = _console()
+    log_dir = Path(tempfile.mkdtemp(prefix="dpfl-server-logs-")) if not args.submit else run_path / "logs"
+    printer = LogPrinter(console, verbose=_verbose(args), merged_log=log_dir / "server-side.log")
+    sup = Supervisor(log_dir, printer)
+    code = 0
+    try:
+        with sigterm_as_exception():
+            superlink = sup.start("superlink", command, env={"FLWR_HOME": str(home / "superlink")})
+            if not args.submit:
+                while superlink.poll() is None:
+                    time.sleep(0.5)
+                return superlink.poll() or 0
+            n = int(cfg["num-clients"])
+            printer.info(f"waiting for {n} SuperNodes (up to {args.startup_timeout:.0f} s)")
+            deadline = time.monotonic() + args.startup_timeout
+            while len({m.group(1) for x in list(superlink.lines) if (m := ACTIVATED_RE.search(x))}) < n:
+                if superlink.poll() is not None:
+                    raise LaunchError(f"flower-superlink exited; see {superlink.log_path}")
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"fewer than {n} SuperNodes connected within "
+                                      f"{args.startup_timeout:.0f} s")
+                time.sleep(0.5)
+            printer.info(f"{n} SuperNodes connected; submitting the run")
+            server = sup.start("server", flwr_run_command(repo_root(), "dpfl", run_config),
+                               env={"FLWR_HOME": str(home)})
+            while server.poll() is None:
+                if superlink.poll() is not None:
+                    raise LaunchError(f"flower-superlink died during the run; see {superlink.log_path}")
+                time.sleep(0.2)
+            server.wait_output(5.0)
+            summary = load_summary(run_path)
+            code = run_exit_code(summary)
+            if summary is not None:
+                _print_run_summary(cfg, run_path, summary)
+            else:
+                console.print(f"[bold red]error:[/] the run did not finish; see {log_dir}")
+    except Terminated:
+        code = 143
+    except KeyboardInterrupt:
+        code = 130
+    except LaunchError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        code = 1
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):
+            sup.stop_all()
+        printer.close()
+    return code
+
+
+# --- client -----------------------------------------------------------------------------------------------
+def cmd_client(args: argparse.Namespace) -> int:
+    from simulations.certs import CertificateError, load_certificates
+    from simulations.launch import (
+        LaunchError,
+        LogPrinter,
+        Supervisor,
+        Terminated,
+        free_ports,
+        node_config_string,
+        sigterm_as_exception,
+        supernode_command,
+    )
+
+    try:
+        host, _ = _split_address(args.server, "--server")
+        if args.num_partitions < 1:
+            raise ConfigError(f"--num-partitions {args.num_partitions} is not valid: expected an "
+                              "integer >= 1")
+        if not 0 <= args.partition_id < args.num_partitions:
+            raise ConfigError(f"--partition-id {args.partition_id} is not valid: expected "
+                              f"0..{args.num_partitions - 1}")
+        if not (0 <= args.port < 65536):
+            raise ConfigError(f"--port {args.port} is not valid: expected 1..65535 (0: a free port)")
+        ca: Path | None = None
+        if args.certificates:
+            given = Path(args.certificates).expanduser().resolve()
+            ca = given if given.is_file() else load_certificates(given, need_server=False).ca_cert
+        elif not args.insecure and not _is_loopback(host):
+            raise ConfigError(f"--server {args.server} is not on this machine: pass --certificates DIR "
+                              "(the CA from `dpfl certs`) or --insecure for plaintext on a trusted network")
+        node: dict[str, object] = {"partition-id": args.partition_id, "num-partitions": args.num_partitions}
+        if args.client_id:
+            node["client-id"] = args.client_id
+        for key, value in (("data-dir", args.data_dir), ("state-dir", args.state_dir)):
+            if value:
+                node[key] = str(Path(value).expanduser().resolve())
+        if args.data_dir and not Path(str(node["data-dir"])).is_dir():
+            raise ConfigError(f"--data-dir {args.data_dir} is not a directory")
+        node_config_string(node)  # rejects values Flower cannot parse
+    except (ConfigError, CertificateError) as exc:
+        return _fail(str(exc))
+    console = _console()
+    if ca is None:
+        console.print(f"[yellow]warning: --insecure: traffic to {args.server} is plaintext[/]")
+    port = args.port or free_ports(1)[0]
+    name = f"client-{args.partition_id}"
+    home_tmp = None if args.flower_home else tempfile.mkdtemp(prefix=f"dpfl-{name}-")
+    home = Path(args.flower_home).expanduser().resolve() if args.flower_home else Path(str(home_tmp))
+    printer = LogPrinter(console, verbose=_verbose(args), server_names=())
+    sup = Supervisor(home / "logs", printer)
+    code = 0
+    try:
+        with sigterm_as_exception():
+            proc = sup.start(name, supernode_command(args.server, port, node, ca),
+                             env={"FLWR_HOME": str(home)})
+            printer.info(f"{name} connecting to {args.server} ({'TLS' if ca else 'plaintext'}); "
+                         "Ctrl-C to stop")
+            while proc.poll() is None:
+                time.sleep(0.5)
+            code = proc.poll() or 0
+    except Terminated:
+        code = 143
+    except KeyboardInterrupt:
+        code = 130
+    except LaunchError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        code = 1
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):
+            sup.stop_all()
+        printer.close()
+        if home_tmp:
+            import shutil
+
+            shutil.rmtree(home_tmp, ignore_errors=True)
+    return code
+
+
+# --- certs ------------------------------------------------------------------------------------------------
+def cmd_certs(args: argparse.Namespace) -> int:
+    from simulations.certs import CertificateError, generate_certificates
+
+    try:
+        paths = generate_certificates(args.directory, args.host, days=args.days, overwrite=args.force)
+    except CertificateError as exc:
+        return _fail(str(exc))
+    console = _console()
+    console.print(f"wrote {paths.ca_cert}, {paths.ca_key} (keep private), {paths.server_cert}, "
+                  f"{paths.server_key}")
+    console.print(f"  local federation:  dpfl launch --certificates {paths.directory} ...")
+    console.print(f"  server machine:    dpfl server --certificates {paths.directory} ...")
+    console.print(f"  client machines:   copy {paths.ca_cert.name} only; dpfl client --certificates "
+                  f"<dir or {paths.ca_cert.name}> ...")
+    return 0
