@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
     "reference": {"dataset": "fashion-mnist", "num-clients": 10, "partition": "iid", "num-server-rounds": 10,
                   "fraction-train": 1.0, "local-epochs": 1, "batch-size": 64, "optimizer": "sgd",
-                  "learning-rate": 0.1, "momentum": 0.9, "noise-multiplier": 1.0, "max-grad-norm": 1.0,
-                  "model": "cnn", "validation-fraction": 0.0, "delta": 1e-5},
+                  "learning-rate": 0.1, "momentum": 0.9, "noise-multiplier": 1.0, "target-epsilon": 0.0,
+                  "max-grad-norm": 1.0, "model": "cnn", "validation-fraction": 0.0, "delta": 1e-5},
     "cross-device": {"dataset": "fashion-mnist", "num-clients": 100, "partition": "iid", "num-server-rounds": 5,
                      "fraction-train": 0.1, "local-epochs": 1, "batch-size": 64, "optimizer": "sgd",
-                     "learning-rate": 0.1, "momentum": 0.9, "noise-multiplier": 1.0, "max-grad-norm": 1.0,
-                     "model": "cnn", "validation-fraction": 0.0, "delta": 1e-5},
+                     "learning-rate": 0.1, "momentum": 0.9, "noise-multiplier": 1.0, "target-epsilon": 0.0,
+                     "max-grad-norm": 1.0, "model": "cnn", "validation-fraction": 0.0, "delta": 1e-5},
 }
 
 

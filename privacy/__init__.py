@@ -1,10 +1,15 @@
-"""Privacy accounting: releases as data, durable ledgers, accountants, calibration, budgets."""
+"""Privacy accounting: releases as data, durable ledgers, accountants, calibration, budgets.
+
+Imports nothing from the other packages of this repository (server, client, models, simulations):
+both sides of a federation depend on it, so it must not depend on either.
+"""
 
 from privacy import wire
 from privacy.accountants import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
     UnknownAccountantError,
+    clear_caches,
     delta_for_epsilon,
     epsilon,
     epsilon_all,
@@ -13,11 +18,17 @@ from privacy.accountants import (
 from privacy.budget import BudgetCheck, check_budget, effective_budget
 from privacy.calibration import calibrate_noise, steps_per_round
 from privacy.ledger import Ledger, LedgerError
-from privacy.releases import DpSgdRelease, GaussianRelease, Release, release_from_dict, validate_release_params
+from privacy.releases import (
+    DpSgdRelease,
+    GaussianRelease,
+    Release,
+    release_from_dict,
+    validate_release_params,
+)
 
 __all__ = [
-    "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "BudgetCheck", "DpSgdRelease", "GaussianRelease", "Ledger", "LedgerError",
-    "Release", "UnknownAccountantError", "calibrate_noise", "check_budget", "delta_for_epsilon",
-    "effective_budget", "epsilon", "epsilon_all", "epsilon_per_release", "release_from_dict",
-    "steps_per_round", "validate_release_params", "wire",
+    "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "BudgetCheck", "DpSgdRelease", "GaussianRelease", "Ledger",
+    "LedgerError", "Release", "UnknownAccountantError", "calibrate_noise", "check_budget", "clear_caches",
+    "delta_for_epsilon", "effective_budget", "epsilon", "epsilon_all", "epsilon_per_release",
+    "release_from_dict", "steps_per_round", "validate_release_params", "wire",
 ]

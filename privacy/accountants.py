@@ -1,14 +1,15 @@
-"""Accountants: a list of releases in, epsilon(delta) or delta(epsilon) out.
+"""Accountants: a ledger (a sequence of releases) in, epsilon(delta) or delta(epsilon) out.
 
-- ``pld``: dp-accounting's privacy loss distributions (pessimistic discretisation: an upper bound);
-  the default, the tightest sound accountant here.
-- ``prv``: Opacus' PRV accountant, its upper bound.
-- ``rdp``: Renyi DP with both Opacus' and dp-accounting's conversions; the larger epsilon is reported
-  (they differ at fractional orders).
+- ``pld`` (default): dp-accounting privacy loss distributions, pessimistic (connect-the-dots), so an
+  upper bound; the tightest of the three. See ``privacy._pld``.
+- ``prv``: Opacus' PRV accountant, its upper bound (estimate + eps_error: 0.01, tighter for small
+  epsilons). See ``privacy._prv``.
+- ``rdp``: Renyi DP over a dense grid of orders, computed the way Opacus and the way dp-accounting do it;
+  the larger epsilon is reported (they differ at fractional orders). See ``privacy._rdp``.
 
-Ledgers are composed incrementally and cached by their release parameters, so identical ledgers (IID
-clients) are computed once and the per-round table costs one composition per round, not a recompute
-of every prefix.
+Every number is cached per process by the ledger's release parameters (never by round number), so
+identical ledgers - the clients of an IID federation - cost one computation, and ``epsilon_per_release``
+composes one release at a time instead of recomputing every prefix.
 """
 
 from __future__ import annotations
@@ -18,134 +19,204 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
-from opacus.accountants import PRVAccountant
-from opacus.accountants.analysis import rdp as opacus_rdp
 
-from privacy.releases import Release
+from privacy import _pld, _prv, _rdp
+from privacy._pld import LRU
+from privacy.releases import DpSgdRelease, GaussianRelease, Release
+
+__all__ = [
+    "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "UnknownAccountantError", "clear_caches", "delta_for_epsilon",
+    "epsilon", "epsilon_all", "epsilon_per_release",
+]
 
 ACCOUNTANTS: tuple[str, ...] = ("pld", "prv", "rdp")
 DEFAULT_ACCOUNTANT = "pld"
-PLD_DISCRETIZATION = 1e-4
-PRV_EPS_ERROR = 0.01
-RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 257)))
 
-Key = tuple[tuple[str, float, float, int], ...]
+Params = tuple[tuple[float, float, int], ...]  # (noise multiplier, sample rate, steps) per release
 
 
 class UnknownAccountantError(ValueError):
-    """Unknown accountant name; the message lists the known ones."""
+    """An accountant name this package does not know; the message lists the known ones."""
+
+    def __init__(self, name: object) -> None:
+        super().__init__(f"accountant {name!r} is not known: expected one of {', '.join(ACCOUNTANTS)}")
 
 
-def _check(accountant: str, delta: float | None = None) -> None:
+# --- validation --------------------------------------------------------------------------------------
+def _check_accountant(accountant: str) -> None:
     if accountant not in ACCOUNTANTS:
-        raise UnknownAccountantError(f"unknown accountant {accountant!r}; known: {', '.join(ACCOUNTANTS)}")
-    if delta is not None and not (0 < delta < 1):
-        raise ValueError(f"delta {delta} is not valid: expected a number in (0, 1)")
+        raise UnknownAccountantError(accountant)
 
 
-def _key(releases: Sequence[Release]) -> Key:
-    """Canonical form: consecutive releases of the same mechanism merge (steps add up), so a ledger of
-    identical rounds is one self-composition - cheaper, and the same number however it is split."""
-    merged: list[tuple[str, float, float, int]] = []
-    for r in releases:
-        mech, sigma, q, steps = r.key
-        if merged and merged[-1][:3] == (mech, sigma, q):
-            merged[-1] = (mech, sigma, q, merged[-1][3] + steps)
-        else:
-            merged.append((mech, sigma, q, steps))
-    return tuple(merged)
+def _check_delta(delta: float) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, int | float | np.floating) or not (0 < delta < 1):
+        raise ValueError(f"delta {delta!r} is not valid: expected a number in (0, 1)")
+    return float(delta)
 
 
-# --- RDP ---------------------------------------------------------------------------------------------
-@lru_cache(maxsize=65536)
-def _rdp_vectors(one: tuple[str, float, float, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(Opacus RDP, dp-accounting RDP) of one release over RDP_ORDERS."""
-    _, sigma, q, steps = one
-    orders = list(RDP_ORDERS)
-    op = np.asarray(opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders), dtype=float)
-    dp = np.asarray(dp_rdp._compute_rdp_poisson_subsampled_gaussian(q, sigma, orders), dtype=float) * steps
+def _params(releases: Sequence[Release]) -> Params:
+    """What the accountants need from a ledger; the mechanism is a Poisson-subsampled Gaussian either way."""
+    out = []
+    for i, r in enumerate(releases):
+        if not isinstance(r, DpSgdRelease | GaussianRelease):
+            raise TypeError(f"release {i} is a {type(r).__name__}, expected DpSgdRelease or GaussianRelease "
+                            "(use release_from_dict for ledger entries)")
+        out.append((r.noise_multiplier, r.sample_rate, r.steps))
+    return tuple(out)
+
+
+# --- RDP -----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=8192)
+def _rdp_one_step(sigma: float, q: float) -> tuple[np.ndarray, np.ndarray]:
+    op, dp = _rdp.rdp_one_step(sigma, q)
+    op.setflags(write=False)
+    dp.setflags(write=False)
     return op, dp
 
 
-def _rdp_epsilon_from_vectors(op: np.ndarray, dp: np.ndarray, delta: float) -> float:
-    orders = list(RDP_ORDERS)
-    eps_op, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=op, delta=delta)
-    eps_dp, _ = dp_rdp.compute_epsilon(orders, dp, delta)
-    return max(float(eps_op), float(eps_dp))
+def _rdp_cumulative(params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative RDP after each release (rows), Opacus' and dp-accounting's: RDP adds up."""
+    op = np.empty((len(params), len(_rdp.ORDERS)))
+    dp = np.empty_like(op)
+    for row, (sigma, q, steps) in enumerate(params):
+        one_op, one_dp = _rdp_one_step(sigma, q)
+        op[row], dp[row] = one_op * steps, one_dp * steps
+    return np.cumsum(op, axis=0), np.cumsum(dp, axis=0)
 
 
-# --- PLD ---------------------------------------------------------------------------------------------
-@lru_cache(maxsize=4096)
-def _pld_one(one: tuple[str, float, float, int]) -> pld_lib.PrivacyLossDistribution:
-    _, sigma, q, steps = one
-    single = pld_lib.from_gaussian_mechanism(standard_deviation=sigma, sensitivity=1.0, pessimistic_estimate=True,
-                                             value_discretization_interval=PLD_DISCRETIZATION, sampling_prob=q)
-    return single.self_compose(steps) if steps > 1 else single
+def _rdp_delta(op: np.ndarray, dp: np.ndarray, eps: float) -> float:
+    """Smallest delta either library's RDP-to-DP conversion certifies at eps; the larger of the two."""
+    a = _rdp.ORDERS
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_delta_op = np.nanmin((a - 1) * (op - eps + np.log1p(-1 / a)) - np.log(a))
+    delta_op = min(math.exp(log_delta_op), 1.0) if log_delta_op < 700 else 1.0
+    delta_dp, _ = dp_rdp.compute_delta(list(a), list(dp), eps)
+    return max(delta_op, float(delta_dp))
 
 
-@lru_cache(maxsize=4096)
-def _pld_prefix(key: Key) -> pld_lib.PrivacyLossDistribution:
-    """PLD of a ledger, built from the cached PLD of its prefix (incremental across rounds)."""
-    if len(key) == 1:
-        return _pld_one(key[0])
-    return _pld_prefix(key[:-1]).compose(_pld_one(key[-1]))
+# --- caches ----------------------------------------------------------------------------------------------
+_EPSILON = LRU(65536)  # (accountant, canonical ledger key, delta) -> epsilon
+_PER_RELEASE = LRU(4096)  # (accountant, params, delta) -> epsilons after each release
 
 
-# --- public API -----------------------------------------------------------------------------------------
-@lru_cache(maxsize=65536)
-def _epsilon_cached(key: Key, delta: float, accountant: str) -> float:
-    if not key:
-        return 0.0
-    if accountant == "rdp":
-        op = sum((_rdp_vectors(k)[0] for k in key), np.zeros(len(RDP_ORDERS)))
-        dp = sum((_rdp_vectors(k)[1] for k in key), np.zeros(len(RDP_ORDERS)))
-        return _rdp_epsilon_from_vectors(op, dp, delta)
+def _canonical(params: Params, accountant: str) -> tuple:
+    """The part of a ledger an accountant's answer depends on (so more ledgers share a cache entry)."""
     if accountant == "pld":
-        return float(_pld_prefix(key).get_epsilon_for_delta(delta))
-    acc = PRVAccountant()
-    acc.history = [(sigma, q, steps) for _, sigma, q, steps in key]
-    return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+        return tuple(_pld.runs_of(params))
+    if accountant == "prv":
+        return _prv.merged(params)
+    return params
 
 
+def _prv_eps_error(params: Params, delta: float) -> float:
+    op, dp = _rdp_cumulative(_prv.merged(params))
+    return _prv.eps_error_for(float(_rdp.epsilon(op[-1:], dp[-1:], delta)[0]))
+
+
+def _compute_epsilon(accountant: str, key: tuple, delta: float) -> float:
+    if accountant == "pld":
+        return _pld.epsilon(key, delta)
+    if accountant == "prv":
+        return _prv.epsilon(key, delta, _prv_eps_error(key, delta))
+    op, dp = _rdp_cumulative(key)
+    return float(_rdp.epsilon(op[-1:], dp[-1:], delta)[0])
+
+
+# --- public API ----------------------------------------------------------------------------------------
 def epsilon(releases: Sequence[Release], delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
-    """Cumulative epsilon of a ledger at delta."""
-    _check(accountant, delta)
-    return _epsilon_cached(_key(releases), float(delta), accountant)
+    """Cumulative epsilon of a ledger at delta (an upper bound); 0.0 for an empty ledger."""
+    _check_accountant(accountant)
+    delta = _check_delta(delta)
+    params = _params(releases)
+    if not params:
+        return 0.0
+    key = _canonical(params, accountant)
+    return _EPSILON.get_or_compute((accountant, key, delta), lambda: _compute_epsilon(accountant, key, delta))
 
 
 def epsilon_per_release(releases: Sequence[Release], delta: float,
                         accountant: str = DEFAULT_ACCOUNTANT) -> list[float]:
-    """Cumulative epsilon after each release (every prefix), composed incrementally."""
-    _check(accountant, delta)
-    if accountant == "rdp":
-        out, op, dp = [], np.zeros(len(RDP_ORDERS)), np.zeros(len(RDP_ORDERS))
-        for r in releases:
-            a, b = _rdp_vectors(r.key)
-            op, dp = op + a, dp + b
-            out.append(_rdp_epsilon_from_vectors(op, dp, delta))
+    """Cumulative epsilon after each release (every prefix of the ledger), composed incrementally.
+
+    ``rdp`` and ``pld`` equal ``epsilon`` of each prefix exactly; ``prv`` uses the whole ledger's
+    discretisation for every prefix, which keeps each value an upper bound and within 2 x eps_error of
+    a fresh computation.
+    """
+    _check_accountant(accountant)
+    delta = _check_delta(delta)
+    params = _params(releases)
+    if not params:
+        return []
+
+    def compute() -> tuple[float, ...]:
+        if accountant == "rdp":
+            op, dp = _rdp_cumulative(params)
+            out = tuple(float(e) for e in _rdp.epsilon(op, dp, delta))
+        elif accountant == "pld":
+            out = tuple(_pld.epsilon_per_release(params, delta))
+        else:
+            return tuple(_prv.epsilon_per_release(params, delta, _prv_eps_error(params, delta)))
+        for n, eps in enumerate(out, start=1):  # every prefix is now known: serve later epsilon() calls
+            _EPSILON.put((accountant, _canonical(params[:n], accountant), delta), eps)
         return out
-    return [_epsilon_cached(_key(releases[: i + 1]), float(delta), accountant) for i in range(len(releases))]
+
+    return list(_PER_RELEASE.get_or_compute((accountant, params, delta), compute))
 
 
 def epsilon_all(releases: Sequence[Release], delta: float) -> dict[str, float]:
+    """Every accountant's epsilon side by side (for reports: RDP and PRV as cross-checks of PLD)."""
     return {name: epsilon(releases, delta, name) for name in ACCOUNTANTS}
 
 
-def delta_for_epsilon(releases: Sequence[Release], eps: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
-    """Smallest delta the ledger satisfies at epsilon."""
-    _check(accountant)
-    key = _key(releases)
-    if not key:
+def delta_for_epsilon(releases: Sequence[Release], epsilon: float,
+                      accountant: str = DEFAULT_ACCOUNTANT) -> float:
+    """Smallest delta (an upper bound) for which the ledger is (epsilon, delta)-DP; 0.0 when empty."""
+    _check_accountant(accountant)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float | np.floating) \
+            or not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon {epsilon!r} is not valid: expected a finite number >= 0")
+    eps = float(epsilon)
+    params = _params(releases)
+    if not params:
         return 0.0
     if accountant == "pld":
-        return float(_pld_prefix(key).get_delta_for_epsilon(eps))
-    lo, hi = 1e-300, 1.0 - 1e-12  # bisection on log(delta): epsilon(delta) is decreasing
-    for _ in range(100):
-        mid = math.exp((math.log(lo) + math.log(hi)) / 2)
-        if _epsilon_cached(key, mid, accountant) > eps:
-            lo = mid
-        else:
+        return min(1.0, _pld.delta(tuple(_pld.runs_of(params)), eps))
+    if accountant == "rdp":
+        op, dp = _rdp_cumulative(params)
+        return _rdp_delta(op[-1], dp[-1], eps)
+    return _prv_delta(releases, eps)
+
+
+def _prv_delta(releases: Sequence[Release], eps: float, rel_tol: float = 0.01) -> float:
+    """PRV has no delta(epsilon) bound of its own: bisect on log(delta) for the smallest delta whose
+    epsilon upper bound is <= eps, starting from PLD's (tight) answer. Returns the upper end."""
+
+    def ok(d: float) -> bool:
+        return epsilon(releases, d, "prv") <= eps
+
+    hi = min(0.5, max(2 * delta_for_epsilon(releases, eps, "pld"), 1e-300))
+    while not ok(hi):
+        if hi >= 0.5:
+            return 1.0
+        hi = min(0.5, hi * 8)
+    lo = hi / 8
+    while ok(lo):
+        if lo < 1e-300:
+            return lo
+        hi, lo = lo, lo / 8
+    while hi / lo > 1 + rel_tol:  # invariant: eps(lo) > eps >= eps(hi)
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
             hi = mid
+        else:
+            lo = mid
     return hi
+
+
+def clear_caches() -> None:
+    """Forget every cached result (benchmarks measure cold timings with this)."""
+    _EPSILON.clear()
+    _PER_RELEASE.clear()
+    _rdp_one_step.cache_clear()
+    _pld.clear_caches()

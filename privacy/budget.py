@@ -1,16 +1,21 @@
-"""Budgets are checked before a release, never after."""
+"""Budgets are checked before a release, never after: a party that would overspend declines to release."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from privacy.accountants import DEFAULT_ACCOUNTANT, epsilon
 from privacy.releases import Release
 
+__all__ = ["BudgetCheck", "check_budget", "effective_budget"]
+
 
 @dataclass(frozen=True)
 class BudgetCheck:
+    """The verdict on one proposed release, with the numbers behind it (for logs and decline messages)."""
+
     allowed: bool
     epsilon_now: float
     epsilon_after: float
@@ -19,20 +24,28 @@ class BudgetCheck:
 
 
 def effective_budget(epsilon_budget: float, target_epsilon: float) -> float:
-    """The budget a release must respect: the explicit one, a calibration target, or the smaller of both
-    (0: none)."""
-    if epsilon_budget and target_epsilon:
+    """The budget a release must respect: the explicit one, a calibration target, or the smaller of
+    both (0: none)."""
+    if epsilon_budget > 0 and target_epsilon > 0:
         return min(epsilon_budget, target_epsilon)
-    return epsilon_budget or target_epsilon
+    return max(epsilon_budget, target_epsilon, 0.0)
 
 
 def check_budget(releases: Sequence[Release], next_release: Release, delta: float, budget: float,
                  accountant: str = DEFAULT_ACCOUNTANT) -> BudgetCheck:
+    """May ``next_release`` be made by a party whose ledger is ``releases``? budget <= 0 means none.
+
+    Allowed iff the cumulative epsilon after it stays <= budget (at ``delta``, by ``accountant``).
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or math.isnan(budget):
+        raise ValueError(f"budget {budget!r} is not valid: expected a number (<= 0: no budget)")
     now = epsilon(releases, delta, accountant)
-    if budget <= 0:
-        return BudgetCheck(True, now, float("nan"), budget, "no budget")
     after = epsilon([*releases, next_release], delta, accountant)
+    if budget <= 0:
+        return BudgetCheck(True, now, after, float(budget), f"no budget: epsilon {now:.4f} -> {after:.4f}")
     if after > budget:
-        return BudgetCheck(False, now, after, budget,
-                           f"budget exhausted: epsilon would go from {now:.4f} to {after:.4f} > budget {budget:g}")
-    return BudgetCheck(True, now, after, budget, f"within budget: epsilon {now:.4f} -> {after:.4f} <= {budget:g}")
+        return BudgetCheck(False, now, after, float(budget),
+                           f"budget exhausted: epsilon would go from {now:.4f} to {after:.4f} > budget "
+                           f"{budget:g} (delta {delta:g}, {accountant})")
+    return BudgetCheck(True, now, after, float(budget),
+                       f"within budget: epsilon {now:.4f} -> {after:.4f} <= {budget:g}")

@@ -3,69 +3,103 @@
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Callable
 from functools import lru_cache
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, epsilon
+from privacy.accountants import DEFAULT_ACCOUNTANT, UnknownAccountantError, epsilon
 from privacy.releases import DpSgdRelease, validate_release_params
 
+__all__ = ["MAX_SIGMA", "MIN_SIGMA", "calibrate_noise", "steps_per_round"]
+
 MAX_SIGMA = 1e4
+MIN_SIGMA = 0.1  # below this a release is close to non-private; a target that loose is met by it
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} {value!r} is not valid: expected an integer >= 1")
+    return int(value)
 
 
 def steps_per_round(declared_records: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
     """(q, steps) of one round of local DP-SGD: q = batch / declared records (capped at 1),
-    steps = epochs x ceil(records / batch). Client, server and accountant all use this."""
-    if declared_records < 1:
-        raise ValueError(f"declared records {declared_records} is not valid: a client needs at least one record")
-    q = min(1.0, batch_size / declared_records)
-    return q, int(local_epochs) * math.ceil(declared_records / batch_size)
+    steps = epochs x ceil(records / batch).
+
+    Client, server and accountant all use this one definition, so the release a client reports and
+    the one the server accounts for cannot drift apart.
+    """
+    n = _positive_int("declared records", declared_records)
+    b = _positive_int("batch size", batch_size)
+    e = _positive_int("local epochs", local_epochs)
+    return min(1.0, b / n), e * math.ceil(n / b)
 
 
-def _schedule_epsilon(sigma: float, q: float, steps: int, rounds: int, delta: float, accountant: str) -> float:
+def _schedule_epsilon(sigma: float, q: float, steps: int, rounds: int, delta: float,
+                      accountant: str) -> float:
     return epsilon([DpSgdRelease(sigma, q, steps, r) for r in range(1, rounds + 1)], delta, accountant)
 
 
 @lru_cache(maxsize=1024)
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps_per_round: int, rounds: int,
-                    accountant: str = DEFAULT_ACCOUNTANT, tolerance: float = 0.01) -> float:
-    """Smallest sigma (within a relative tolerance) whose schedule ends at epsilon <= target."""
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps_per_round: int,
+                    rounds: int, accountant: str = DEFAULT_ACCOUNTANT, tolerance: float = 0.01) -> float:
+    """Smallest noise multiplier sigma (to a relative ``tolerance``) whose whole schedule - ``rounds``
+    rounds of ``steps_per_round`` DP-SGD steps at sample rate q - ends at epsilon <= target.
+
+    The result satisfies epsilon(sigma) <= target < epsilon(sigma * (1 - tolerance)). RDP brackets the
+    answer first (fast, and no tighter than PLD/PRV); the requested accountant then bisects.
+    Raises ValueError for invalid inputs or when sigma would have to exceed MAX_SIGMA.
+    """
+    if accountant not in ("pld", "prv", "rdp"):
+        raise UnknownAccountantError(accountant)
     validate_release_params(1.0, sample_rate, steps_per_round)
-    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
-        raise ValueError(f"target epsilon {target_epsilon} is not valid: expected a number > 0")
-    if not (0 < delta < 1):
-        raise ValueError(f"delta {delta} is not valid: expected a number in (0, 1)")
-    if rounds < 1:
-        raise ValueError(f"rounds {rounds} is not valid: expected an integer >= 1")
+    if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, numbers.Real) \
+            or not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ValueError(f"target epsilon {target_epsilon!r} is not valid: expected a finite number > 0")
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (0 < delta < 1):
+        raise ValueError(f"delta {delta!r} is not valid: expected a number in (0, 1)")
+    rounds = _positive_int("rounds", rounds)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not (0 < tolerance < 0.5):
+        raise ValueError(f"tolerance {tolerance!r} is not valid: expected a number in (0, 0.5)")
 
-    def eps(sigma: float, name: str = accountant) -> float:
-        return _schedule_epsilon(sigma, sample_rate, steps_per_round, rounds, delta, name)
+    q, steps, d = float(sample_rate), int(steps_per_round), float(delta)
 
-    # Bracket with RDP (fast, and never below the tight accountants), then bisect with the requested one.
-    hi = _bisect(lambda s: eps(s, "rdp"), target_epsilon, 0.3, tolerance / 4)
+    def eps_with(name: str) -> Callable[[float], float]:
+        return lambda s: _schedule_epsilon(s, q, steps, rounds, d, name)
+
+    target = float(target_epsilon)
+    rdp_sigma = _bisect(eps_with("rdp"), target, 1.0, tolerance if accountant == "rdp" else 0.02)
     if accountant == "rdp":
-        return hi
-    lo = hi
-    while eps(lo) <= target_epsilon:
-        lo *= 0.85
-        if lo < 0.05:
-            return hi
-    return _bisect(eps, target_epsilon, lo, tolerance / 2, lo=lo, hi=hi)
+        return rdp_sigma
+    return _bisect(eps_with(accountant), target, rdp_sigma, tolerance)
 
 
-def _bisect(eps, target: float, start: float, rel_tol: float, lo: float | None = None,
-            hi: float | None = None) -> float:
-    """Smallest sigma with eps(sigma) <= target, to a relative tolerance; eps decreases with sigma."""
-    if lo is None or hi is None:
-        lo = hi = start
-        while eps(hi) > target:
-            lo, hi = hi, hi * 2
-            if hi > MAX_SIGMA:
-                raise ValueError(f"target epsilon {target} is out of reach: even sigma {MAX_SIGMA:g} exceeds it")
-        if lo == hi:
-            while eps(lo) <= target:
-                hi, lo = lo, lo / 2
-                if lo < 1e-3:
-                    return hi
-    while hi / lo > 1 + rel_tol:  # invariant: eps(lo) > target >= eps(hi)
+def _bisect(eps: Callable[[float], float], target: float, guess: float, tolerance: float) -> float:
+    """Smallest sigma with eps(sigma) <= target, to a relative tolerance; eps decreases with sigma.
+
+    Invariant: eps(lo) > target >= eps(hi); returns hi once lo >= hi * (1 - tolerance).
+    """
+    guess = min(max(guess, MIN_SIGMA), MAX_SIGMA)
+    step = 1.15  # the tight accountants' sigma is within ~15 % of RDP's: start with small brackets
+    lo = hi = guess
+    if eps(guess) > target:
+        while True:
+            lo, hi = hi, min(hi * step, MAX_SIGMA)
+            if eps(hi) <= target:
+                break
+            if hi >= MAX_SIGMA:
+                raise ValueError(f"target epsilon {target:g} is out of reach: even noise multiplier "
+                                 f"{MAX_SIGMA:g} gives epsilon {eps(hi):.4g}")
+            step *= step
+    else:
+        while True:
+            hi, lo = lo, max(lo / step, MIN_SIGMA)
+            if eps(lo) > target:
+                break
+            if lo <= MIN_SIGMA:
+                return MIN_SIGMA
+            step *= step
+    while lo < hi * (1 - tolerance):
         mid = math.sqrt(lo * hi)
         if eps(mid) > target:
             lo = mid

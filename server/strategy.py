@@ -109,6 +109,7 @@ class DpFedAvg(FedAvg):
         lr = self.server_learning_rate
         old = self._sent_arrays.to_numpy_ndarrays()
         new = averaged.to_numpy_ndarrays()
-        stepped = [o + lr * (n - o) if np.issubdtype(o.dtype, np.floating) else n for o, n in zip(old, new, strict=True)]
+        stepped = [o + lr * (n - o) if np.issubdtype(o.dtype, np.floating) else n
+                   for o, n in zip(old, new, strict=True)]
         return ArrayRecord(OrderedDict(
             (k, torch.from_numpy(np.ascontiguousarray(a))) for k, a in zip(averaged.keys(), stepped, strict=True)))

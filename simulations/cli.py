@@ -33,6 +33,8 @@ def _setup_logging(verbose: bool) -> None:
     ours.handlers[:] = [handler]
     ours.setLevel(logging.INFO if verbose else logging.WARNING)
     ours.propagate = False
+    import flwr.supercore.logger  # noqa: F401 - Flower sets its logger to DEBUG on import; quiet it afterwards
+
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
 
 

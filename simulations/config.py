@@ -98,10 +98,12 @@ OPTIONS: tuple[Option, ...] = (
            "declaration) or uniform", choices=("declared", "uniform")),
     # differential privacy
     Option("dp", True, "train with DP-SGD (false: plain SGD on the same code path, no guarantee)"),
-    Option("noise-multiplier", 1.0, "DP-SGD noise multiplier sigma (ignored when target-epsilon is set)",
+    Option("noise-multiplier", 1.0, "DP-SGD noise multiplier sigma, used when target-epsilon is 0 (on the "
+           "command line, giving --noise-multiplier without --target-epsilon turns calibration off)",
            check=_positive, allowed="a number > 0"),
     Option("max-grad-norm", 1.0, "per-sample clipping norm C", check=_positive, allowed="a number > 0"),
-    Option("target-epsilon", 0.0, "calibrate sigma so each client ends at this epsilon (0: off)",
+    Option("target-epsilon", 3.0, "calibrate sigma so each client ends at this epsilon after its most rounds "
+           "(0: off, use noise-multiplier)",
            check=_non_negative, allowed="a number >= 0 (0 turns calibration off)"),
     Option("epsilon-budget", 0.0, "per-client epsilon budget enforced before each release (0: none)",
            check=_non_negative, allowed="a number >= 0 (0 means no budget)"),
@@ -254,14 +256,8 @@ def _check_combinations(values: Mapping[str, Scalar]) -> None:
             f"min-train-clients={values['min-train-clients']} is not valid: expected at most num-clients "
             f"({values['num-clients']})"
         )
-    budget, target = float(values["epsilon-budget"]), float(values["target-epsilon"])
-    if budget and target and target > budget:
-        raise ConfigError(
-            f"target-epsilon={target} is not valid: it exceeds epsilon-budget={budget}; lower the target "
-            "or raise the budget"
-        )
-    if (target or budget) and not values["dp"]:
-        raise ConfigError("target-epsilon/epsilon-budget need dp=true: without DP there is no epsilon")
+    if float(values["epsilon-budget"]) and not values["dp"]:
+        raise ConfigError("epsilon-budget needs dp=true: without DP there is no epsilon to budget")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -315,6 +311,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         layers.append(parse_run_config_string(args.run_config_string))
     flags = {o.key: getattr(args, o.key) for o in OPTIONS if getattr(args, o.key, None) is not None}
     layers.append(flags)
+    given = {key for layer in layers for key in layer}
+    if "noise-multiplier" in given and "target-epsilon" not in given:
+        layers.append({"target-epsilon": 0.0})  # an explicit sigma means: no calibration
     return resolve(*layers)
 
 
@@ -325,6 +324,17 @@ def pyproject_table() -> str:
     return tomli_w.dumps(dict(DEFAULTS))
 
 
+def markdown_table() -> str:
+    """The configuration reference of the README."""
+    rows = ["| key (also a flag) | default | allowed | meaning |", "|---|---|---|---|"]
+    for o in OPTIONS:
+        default = str(o.default).lower() if isinstance(o.default, bool) else repr(o.default)
+        rows.append(f"| `{o.key}` | `{default}` | {_allowed_words(o)} | {o.help} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":  # pragma: no cover - maintenance helper
     if "--pyproject" in sys.argv:
         print(pyproject_table())
+    if "--markdown" in sys.argv:
+        print(markdown_table())

@@ -239,7 +239,7 @@ def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str, *, s
       client has at least min(10, N // (2 * num_partitions)) records.
     - ``shards``: McMahan et al. 2017's label-sorted shards via ``ShardPartitioner``; shard size
       ceil(N / (num_partitions * shards_per_client)) with the last shard kept, so every record is used
-      (when records do not divide evenly a few clients get one shard more or one fewer).
+      (when records do not divide evenly some clients get one shard fewer).
     """
     from datasets import Dataset as HFDataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner

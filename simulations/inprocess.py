@@ -15,7 +15,6 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
-import time
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -157,21 +156,18 @@ class InProcessGrid(Grid):
                 replies.append(reply)
             set_task_identity(self._run.run_id, SERVER_NODE_ID)
             return replies
-        futures = {pool.submit(_handle, m, self.contexts[m.metadata.dst_node_id]): m for m in messages}
+        futures = [pool.submit(_handle, m, self.contexts[m.metadata.dst_node_id]) for m in messages]
         replies = []
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            for fut in cf.as_completed(futures, timeout=None if deadline is None else max(0.0, deadline - time.monotonic())):
-                msg = futures[fut]
+            for fut in cf.as_completed(futures, timeout=timeout):
                 try:
                     reply, ctx = fut.result()
                 except cf.process.BrokenProcessPool:
-                    log.warning("a worker process died; restarting the pool")
+                    log.warning("a worker process died; its clients count as dropped, restarting the pool")
                     self._pool = None
                     continue
                 self.contexts[ctx.node_id] = ctx
                 replies.append(reply)
-                del msg
         except cf.TimeoutError:
             log.warning("round timeout: %d of %d clients did not reply in %.0f s",
                         len(messages) - len(replies), len(messages), timeout or 0)

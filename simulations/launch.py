@@ -76,11 +76,28 @@ def start_time(pid: int) -> int | None:
 
 
 def is_alive(pid: int, started: int | None = None) -> bool:
-    """Running (not a zombie) and, when ``started`` is given, still the same process."""
+    """Running and, when ``started`` is given, still the same process.
+
+    A process whose main thread has exited shows as a zombie while its other threads still run (Flower's
+    servers do this while shutting down), so a "Z" leader counts as alive when any of its threads is not.
+    """
     fields = _stat_fields(pid)
-    if not fields or fields[0] in ("Z", "X"):
+    if not fields or (started is not None and int(fields[19]) != started):
         return False
-    return started is None or int(fields[19]) == started
+    if fields[0] not in ("Z", "X"):
+        return True
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if raw[raw.rfind(")") + 2:][:1] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _all_pids() -> list[int]:
@@ -219,7 +236,9 @@ class ManagedProcess:
         try:
             for raw in iter(self.popen.stdout.readline, b""):
                 line = ANSI_RE.sub("", raw.decode(errors="replace")).rstrip()
-                self._log.write(line + "\n")
+                now = time.time()
+                self._log.write(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} "
+                                f"{line}\n")
                 self.lines.append(line)
                 with contextlib.suppress(Exception):  # a display problem must not stop log capture
                     self._handler(self, line)
@@ -303,8 +322,11 @@ class Supervisor:
         """Stop everything; returns pids that survived even SIGKILL (should be empty)."""
         self.refresh()
         self._stop_watch.set()
-        pids = self.all_live_pids()
-        self._terminate(pids, signal.SIGTERM)
+        for _ in range(3):  # a dying parent may still spawn a child: sweep until nothing carries the marker
+            pids = self.all_live_pids()
+            if not pids:
+                break
+            self._terminate(pids, signal.SIGTERM)
         leftovers = self.all_live_pids()
         for proc in self.procs:
             proc.wait_output(1.0)
@@ -361,14 +383,14 @@ def sigterm_as_exception() -> Iterator[None]:
 
 # --- log display ------------------------------------------------------------------------------------------
 FLOWER_NOISE = re.compile(
-    r"^\s*$|^\s*(INFO|DEBUG)\s*:|^\S+\s+(INFO|DEBUG)\s+\[|^INFO:\s|"
+    r"^\s*$|^\s*(INFO|DEBUG)\s*:|^\S+\s+(INFO|DEBUG)\s+\[|^INFO:\s|^[\d/]+ [\d:]+:(INFO|DEBUG):|"
     r"^(Using SuperLink|Successfully installed|Starting local SuperLink|Flower App configuration warnings|"
     r"- Recommended property|Flower configuration not found)"
 )
 IMPORTANT = re.compile(r"ERROR|CRITICAL|Traceback|Exception|Error:|error:|Killed|FAILED", re.IGNORECASE)
 WARNING = re.compile(r"WARN", re.IGNORECASE)
 KNOWN_NOISE = re.compile(r"--insecure|SuperNode authentication is disabled|FutureWarning: Tip|"
-                         r"warnings\.warn\(|Since flwr 1\.32|RAY_DEDUP_LOGS")
+                         r"warnings\.warn\(|Since flwr 1\.32|RAY_DEDUP_LOGS|Manually terminating ClientAppActor")
 STYLES = ("green", "yellow", "blue", "magenta", "cyan", "bright_green", "bright_yellow", "bright_blue")
 
 
@@ -415,12 +437,12 @@ class LogPrinter:
             return True
         if FLOWER_NOISE.search(line) or KNOWN_NOISE.search(line):
             return False
-        if name in self.server_names:
+        if name in self.server_names and not line.startswith("("):  # "(ClientAppActor pid=..)": a client
             return True
         if IMPORTANT.search(line):
             return True
         if WARNING.search(line):
-            key = re.sub(r"\d+", "#", line.split("WARNING", 1)[-1].strip())
+            key = re.sub(r"\d+", "#", line.split("WARNING", 1)[-1].strip(" :"))
             if key in self._seen_warnings:
                 return False
             self._seen_warnings.add(key)
@@ -666,8 +688,7 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
                 return None if code is None else f"flower-superlink exited at start ({_exit_words(code)}); " \
                                                  f"see {superlink.log_path}"
 
-            _wait(lambda: port_listening(link_port), startup_timeout, f"flower-superlink on {link_addr}",
-                  failed=superlink_failed)
+            # SuperNodes start at once (they retry until the SuperLink listens): their imports overlap its own
             nodes: dict[str, ManagedProcess] = {}
             for k in range(n):
                 name = f"client-{k}"
@@ -676,6 +697,9 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
                     name, supernode_command(link_addr, node_ports[k], node_cfg, ca),
                     env={"FLWR_HOME": str(tmp / name), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
                                                                                         str(threads))})
+
+            _wait(lambda: port_listening(link_port), startup_timeout, f"flower-superlink on {link_addr}",
+                  failed=superlink_failed)
 
             def registered() -> bool:
                 return all(any(SUPERNODE_ID_RE.search(x) for x in list(p.lines)) for p in nodes.values())

@@ -485,7 +485,8 @@ def execute_point(task: Mapping[str, Any]) -> dict[str, Any]:
     _archive_attempt(path, attempts)
     path.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"id": task["id"], "status": "running", "session": task.get("session", ""),
-                            "started": t0, "host": os.uname().nodename, "pid": os.getpid()}
+                            "started": t0, "host": os.uname().nodename, "pid": os.getpid(),
+                            "node": task.get("node", "")}
     _write_json(path / "point.json", info)
     threads_before = _set_threads(int(task.get("threads", 1)))
     error = ""
@@ -509,8 +510,11 @@ def execute_point(task: Mapping[str, Any]) -> dict[str, Any]:
     if complete and error:
         info["warning"] = f"training finished, then: {error}"
     _write_json(path / "point.json", info)
+    summary = read_json(path / "summary.json") if complete else None
+    summary = summary if isinstance(summary, dict) else {}
     return {"id": task["id"], "status": status, "error": info["error"], "warning": info.get("warning", ""),
-            "wall_seconds": info["wall_seconds"], "reused": False}
+            "wall_seconds": info["wall_seconds"], "reused": False,
+            "final_accuracy": summary.get("final_accuracy"), "epsilon": summary.get("epsilon_max")}
 
 
 def _clear_run_caches() -> None:
@@ -538,6 +542,10 @@ def execute_point_portable(task: Mapping[str, Any]) -> dict[str, Any]:
     """Ray task body: run in place when this node sees the sweep directory (shared file system), else in a
     local temporary directory and ship the run directory back (without checkpoints) as a tar archive."""
     _init_worker(int(task.get("threads", 1)))
+    with contextlib.suppress(Exception):
+        import ray
+
+        task = {**task, "node": ray.get_runtime_context().get_node_id()}
     token_file = Path(task["sweep_dir"]) / ".sweep-token"
     shared = token_file.is_file() and token_file.read_text().strip() == task["token"]
     if shared:

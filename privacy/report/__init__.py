@@ -38,7 +38,8 @@ def write_report(run_dir: str | Path) -> list[Path]:
     plots = write_plots(report, out / "plots")
     report["plots"] = {name: p.relative_to(out).as_posix() for name, p in plots.items()}
     title, sections = build_document(report)
+    images = {name: path.read_bytes() for name, path in plots.items()}
     paths = [_write(out / "report.json", dumps(report)),
              _write(out / "report.md", render_markdown(title, sections, report["plots"])),
-             _write(out / "report.html", render_html(title, sections, {n: p.read_bytes() for n, p in plots.items()}))]
+             _write(out / "report.html", render_html(title, sections, images))]
     return paths + list(plots.values())

@@ -7,6 +7,7 @@ wrote. IID clients usually hold identical ledgers: each distinct ledger is compu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,6 @@ from privacy.report.jsonsafe import finite
 from privacy.report.rundata import natural_key
 
 REL_TOL = 1e-6  # a recomputed epsilon further than this (relative) from the ledger's is a bug
-RDP_ORDERS_TEXT = "[1 + x / 10 for x in range(1, 100)] + list(range(12, 257))"
 
 
 def relative_difference(value: float | None, reference: float | None) -> float | None:
@@ -79,7 +79,7 @@ def group_ledgers(ledgers: Mapping[str, Ledger], delta: float, accountant: str) 
 
 
 def recompute(groups: Sequence[DistinctLedger], ledgers: Mapping[str, Ledger]) -> dict[str, Any]:
-    """Every accountant on every distinct ledger, and the per-client comparison with the ledger's own values."""
+    """Every accountant on every distinct ledger, and each client's comparison with its ledger's values."""
     distinct, clients, mismatches = [], [], []
     for g in groups:
         values = epsilon_all(g.releases, g.delta) if g.accountant in ACCOUNTANTS else {}
@@ -99,12 +99,12 @@ def recompute(groups: Sequence[DistinctLedger], ledgers: Mapping[str, Ledger]) -
             if prefixes is not None:
                 for entry, value in zip(entries, prefixes, strict=True):
                     if not agrees(value, finite(entry.get("epsilon"))):
-                        bad_entries.append({"round": entry.get("round"), "ledger": finite(entry.get("epsilon")),
-                                            "recomputed": value})
+                        bad_entries.append({"round": entry.get("round"),
+                                            "ledger": finite(entry.get("epsilon")), "recomputed": value})
             row = {"client": cid, "ledger": g.id, "releases": len(entries),
                    "rounds": [e.get("round") for e in entries], "accountant": g.accountant, "delta": g.delta,
-                   "reported": reported, "recomputed": values, "relative_difference": relative_difference(mine,
-                                                                                                   reported),
+                   "reported": reported, "recomputed": values,
+                   "relative_difference": relative_difference(mine, reported),
                    "ok": ok and not bad_entries, "entry_mismatches": bad_entries}
             clients.append(row)
             if not ok:
@@ -115,69 +115,127 @@ def recompute(groups: Sequence[DistinctLedger], ledgers: Mapping[str, Ledger]) -
                                   f"{g.accountant} recomputes {bad['recomputed']} for that prefix")
     return {"tolerance": REL_TOL, "distinct": distinct, "clients": clients, "mismatches": mismatches,
             "ok": not mismatches,
-            "prefix_check": "every ledger entry re-checked" if all(d["recomputed_per_release"] is not None
-                                                                  for d in distinct)
-            else "final entries re-checked (prv: re-checking every prefix costs seconds each)"}
+            "prefix_check": ("every ledger entry re-checked"
+                             if all(d["recomputed_per_release"] is not None for d in distinct)
+                             else "final entries re-checked (under prv every prefix would cost seconds)")}
 
 
-def _python_snippet(g: DistinctLedger) -> str:
+def pld_interval(releases: Sequence[Release]) -> float | None:
+    """The PLD discretisation interval dpfl uses for this ledger (None if this dpfl does not say)."""
+    try:
+        from privacy import _pld
+
+        return float(_pld.interval_for(_pld.runs_of([(r.noise_multiplier, r.sample_rate, r.steps)
+                                                      for r in releases])))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def _rdp_orders_text() -> str:
+    """The RDP orders dpfl uses, as Python source (a short expression when it matches one)."""
+    short = "[1 + x / 10 for x in range(1, 100)] + list(range(11, 257)) + [512, 1024]"
+    try:
+        from privacy import _rdp
+
+        orders = [float(a) for a in _rdp.ORDERS]
+    except (ImportError, AttributeError):
+        return short
+    expected = [1 + x / 10 for x in range(1, 100)] + list(range(11, 257)) + [512, 1024]
+    return short if orders == [float(a) for a in expected] else repr(orders)
+
+
+def interval_text(h: float | None) -> str:
+    """The PLD interval as Python source (2**-k when it is a power of two)."""
+    if h is None:
+        return "1e-4  # dpfl's own PLD interval is unknown here: expect ~0.1 % agreement, not every digit"
+    exponent = math.log2(h)
+    return f"2**{int(exponent)}" if exponent.is_integer() else repr(h)
+
+
+def _python_snippet(g: DistinctLedger, h: float | None) -> str:
     schedule = ",\n    ".join(f"({sigma!r}, {q!r}, {steps}, {count})" for _, sigma, q, steps, count in g.runs)
-    return f'''# Ledger {g.id} ({", ".join(g.clients)}): recompute its epsilon without dpfl.
+    return f"""# Ledger {g.id} ({", ".join(g.clients)}): its epsilon without dpfl (dp-accounting, Opacus).
+import math
+
 import dp_accounting
 from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 
 delta = {g.delta!r}
+interval = {interval_text(h)}
 # (noise multiplier sigma, Poisson sample rate q, DP-SGD steps per round, rounds), in ledger order
 schedule = [
     {schedule},
 ]
-event = dp_accounting.ComposedDpEvent([
-    dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps * rounds)
-    for sigma, q, steps, rounds in schedule
-])
-pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+# Composition only depends on the total steps: merge consecutive entries with the same (sigma, q).
+runs = []
+for sigma, q, steps, rounds in schedule:
+    if runs and runs[-1][:2] == (sigma, q):
+        runs[-1] = (sigma, q, runs[-1][2] + steps * rounds)
+    else:
+        runs.append((sigma, q, steps * rounds))
+
+
+def dp_event(sigma, q, steps):
+    if q >= 1:  # no subsampling: n Gaussian steps are one Gaussian with sigma / sqrt(n)
+        return dp_accounting.GaussianDpEvent(sigma / math.sqrt(steps))
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+
+
+event = dp_accounting.ComposedDpEvent([dp_event(*run) for run in runs])
+# pessimistic PLD (an upper bound) with the discretisation interval dpfl chose for this ledger
+pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=interval)
 print("pld", pld.compose(event).get_epsilon(delta))
 
-orders = {RDP_ORDERS_TEXT}
+orders = {_rdp_orders_text()}
 rdp_dp = dp_accounting.rdp.RdpAccountant(orders).compose(event).get_epsilon(delta)
-rdp_total = sum(opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps * rounds, orders=orders)
-                for sigma, q, steps, rounds in schedule)
+rdp_total = sum(opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
+                for sigma, q, steps in runs)
 rdp_op = opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp_total, delta=delta)[0]
 print("rdp", max(rdp_dp, rdp_op))  # dpfl reports the larger of the two RDP conversions
 
+totals = {{}}  # composition commutes: PRV takes all steps of one (sigma, q) together
+for sigma, q, steps in runs:
+    totals[(sigma, q)] = totals.get((sigma, q), 0) + steps
 prv = PRVAccountant()
-prv.history = [(sigma, q, steps * rounds) for sigma, q, steps, rounds in schedule]
+prv.history = [(sigma, q, steps) for (sigma, q), steps in totals.items()]
 print("prv", prv.get_epsilon(delta=delta, eps_error=0.01))
-'''
+"""
 
 
-def reproduction(groups: Iterable[DistinctLedger]) -> list[dict[str, Any]]:
-    """The exact parameters behind each distinct ledger, a CLI line when one release repeats, and Python."""
+def reproduction(groups: Iterable[DistinctLedger], recomputed: Mapping[str, Mapping[str, float]],
+                 ) -> list[dict[str, Any]]:
+    """The exact parameters behind each distinct ledger, a CLI line when one (sigma, q) runs throughout,
+    and a Python snippet for any ledger; ``recomputed`` is recompute()'s values per ledger id."""
     out = []
     for g in groups:
         runs = g.runs
-        uniform = len(runs) == 1
+        h = pld_interval(g.releases)
+        mechanisms = {m for m, *_ in runs}
+        one_mechanism = len({(sigma, q) for _, sigma, q, _, _ in runs}) == 1 and len(mechanisms) == 1
         entry: dict[str, Any] = {
             "ledger": g.id, "clients": g.clients, "delta": g.delta, "accountant": g.accountant,
-            "rounds": len(g.releases), "uniform": uniform,
+            "rounds": len(g.releases), "uniform": len(runs) == 1, "pld_discretization": h,
             "schedule": [{"mechanism": m, "noise_multiplier": s, "sample_rate": q, "steps_per_round": n,
                           "rounds": c} for m, s, q, n, c in runs],
-            "command": None, "command_output": None, "python": _python_snippet(g),
+            "command": None, "command_output": None, "command_matches": None, "python": _python_snippet(g, h),
         }
-        if uniform:
-            _, sigma, q, steps, count = runs[0]
-            total = steps * count
-            entry.update(noise_multiplier=sigma, sample_rate=q, steps_per_round=steps, total_steps=total)
+        if one_mechanism:
+            _, sigma, q, _, _ = runs[0]
+            total = sum(n * c for *_, n, c in runs)
+            entry.update(noise_multiplier=sigma, sample_rate=q, total_steps=total,
+                         steps_per_round=runs[0][3] if len(runs) == 1 else None)
             entry["command"] = (f"dpfl privacy epsilon --sample-rate {q!r} --noise-multiplier {sigma!r} "
                                 f"--steps {total} --delta {g.delta!r} --accountant all")
-            entry["command_output"] = epsilon_all([DpSgdRelease(sigma, q, total)], g.delta)
+            entry["command_output"] = single = epsilon_all([DpSgdRelease(sigma, q, total)], g.delta)
+            ledger = recomputed.get(g.id) or {}
+            entry["command_matches"] = bool(ledger) and all(agrees(single[k], v) for k, v in ledger.items())
         out.append(entry)
     return out
 
 
-def expected_from_ledger(ledger: Ledger, upto_round: int) -> float | None:
+def expected_from_ledger(ledger: Ledger, upto_round: int) -> float:
     """The ledger's cumulative epsilon after the last release at or before ``upto_round`` (0.0 if none)."""
     value = 0.0
     for e in ledger.entries:

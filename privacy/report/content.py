@@ -6,6 +6,7 @@ per-client per-round epsilon table that the documents abbreviate for large feder
 
 from __future__ import annotations
 
+import math
 import statistics
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ ACCOUNTANT_TEXT = {
 ASSUMPTION = ("The federation's epsilon is the maximum over clients: every record lives at exactly one "
               "client under a fixed partition, each client's releases only touch its own records, and all "
               "clients share one delta, so a record's guarantee is its own client's (epsilon, delta).")
+STATS = (("min", min), ("median", statistics.median), ("mean", statistics.fmean), ("max", max))
 PARAMETER_KEYS = (
     "dataset", "model", "partition", "dirichlet-alpha", "num-clients", "num-server-rounds", "fraction-train",
     "min-train-clients", "local-epochs", "batch-size", "optimizer", "learning-rate", "dp", "noise-multiplier",
@@ -48,48 +50,55 @@ def _delta_explanation(cfg: dict[str, Any], delta: float | None) -> tuple[str, s
     if delta is None:
         return "unknown", "delta is not recorded in this run directory"
     if configured > 0:
-        return "configured", (f"delta = {delta:g} was set in the configuration (delta = {configured:g}); it "
-                              "should be well below 1 / (number of records) so that no record is likely to be exposed.")
-    records = 1.0 / (10.0 * delta)
-    return "auto", (f"delta = {delta:g} was chosen automatically (delta = 0 in the configuration): 1 / (10 x "
-                    f"the total number of records the clients declared), rounded down to two significant "
-                    f"digits (about {records:,.0f} records or fewer); far below 1 / (number of records), as it must be.")
+        return "configured", (f"delta = {delta:g} was set in the configuration (delta = {configured:g}); "
+                              "it should be well below 1 / (number of records) so that no record is likely "
+                              "to be exposed.")
+    # delta = 1 / (10 N) rounded down to two significant digits, so N lies in a narrow range
+    step = 10.0 ** (math.floor(math.log10(delta)) - 1)
+    n_max, n_min = math.floor(1 / (10 * delta)), math.floor(1 / (10 * (delta + step))) + 1
+    return "auto", (f"delta = {delta:g} was chosen automatically (delta = 0 in the configuration): "
+                    "1 / (10 x the total number of records the clients declared), rounded down to two "
+                    f"significant digits, so the clients declared between {n_min:,} and {n_max:,} records; "
+                    "far below 1 / (number of records), as it must be.")
 
 
 def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: bool) -> dict[str, Any]:
     cfg = run.config
     dp = _flag(cfg, "dp") if "dp" in cfg else True
     source, delta_text = _delta_explanation(cfg, delta)
-    excludes = ["who took part in which round, timing, and the number of records each client declares (used "
-                "for the sample rate and the aggregation weights)"]
+    excludes = ["who took part in which round, timing, and the number of records each client declares "
+                "(used for the sample rate and the aggregation weights)"]
     if _flag(cfg, "private-metrics"):
-        excludes.insert(0, "the loss/accuracy values clients computed on their private data and sent without "
-                           "noise (private-metrics = true)")
+        excludes.insert(0, "the loss/accuracy values clients computed on their private data and sent "
+                           "without noise (private-metrics = true)")
     if (finite(cfg.get("fraction-evaluate")) or 0.0) > 0:
         excludes.insert(0, "client-side evaluation metrics computed on private validation data "
                            "(fraction-evaluate > 0)")
     sigma, clip = finite(cfg.get("noise-multiplier")), finite(cfg.get("max-grad-norm"))
+    clip_text = f" = {clip:g}" if clip is not None else ""
+    sigma_text = f", configured {sigma:g}" if sigma else ""
     how = ("Each client trains locally with DP-SGD: every step draws a batch by Poisson sampling (each "
-           "independently with probability q = batch size / the client's records), clips each record's "
-           f"gradient to L2 norm C{f' = {clip:g}' if clip is not None else ''}, sums them and adds Gaussian "
-           f"noise of standard deviation sigma x C (sigma = noise multiplier{f', configured {sigma:g}' if sigma else ''}; "
-           "the ledgers hold the sigma actually used) before the model update leaves the client. The server "
-           "only sees noised updates, so the global model and the server-side test metrics (public test "
-           "data) are covered by the same guarantee.")
+           "record independently with probability q = batch size / the client's records), clips each "
+           f"record's gradient to L2 norm C{clip_text}, sums them and adds Gaussian noise of standard "
+           f"deviation sigma x C (sigma = noise multiplier{sigma_text}; the ledgers hold the sigma actually "
+           "used) before the model update leaves the client. The server only sees noised updates, so the "
+           "global model and the server-side test metrics (public test data) are covered by the same "
+           "guarantee.")
     return {
         "dp": dp,
         "not_private": not_private,
         "protected": ("Every individual training record held by each client (sample-level differential "
-                      "Whether or not any one record was used, the distribution of everything the client "
-                      "sent changes by at most a factor e^epsilon, except with probability delta."),
+                      "privacy). Whether or not any one record was used, the distribution of everything the "
+                      "client sent changes by at most a factor e^epsilon, except with probability delta."),
         "unit": ("One record: neighbouring datasets differ by adding or removing a single record at one "
                  "client. A person with k records, or a client's whole dataset, is protected only at a "
                  "weaker level (roughly k x epsilon); this is not user-level or client-level DP."),
         "how": how if dp else "dp = false: updates were sent without clipping or noise. No epsilon applies.",
         "composition": ("A client's epsilon composes over every DP-SGD step of every round it trained in, "
-                        "reset between rounds. Each release is written to the client's ledger before the "
-                        "it pays for leaves, and epsilon is always recomputed from the ledger by the "),
-        "accountant.delta": delta,
+                        "never reset between rounds. Each release is written to the client's ledger before "
+                        "the update it pays for leaves, and epsilon is always recomputed from the ledger by "
+                        "the accountant."),
+        "delta": delta,
         "delta_source": source,
         "delta_explanation": delta_text,
         "accountant": accountant,
@@ -111,19 +120,20 @@ def _banner(run: RunData, not_private: bool) -> dict[str, Any] | None:
                          "any epsilon shown is meaningless.")
         elif _flag(cfg, "deterministic-noise"):
             lines.append("deterministic-noise = true: the DP noise was derived from the seed, so anyone who "
-                         "the seed can remove it. The epsilons below describe the mechanism with real "
+                         "knows the seed can remove it. The epsilons below describe the mechanism with real "
                          "randomness, NOT this run. For tests only.")
         else:
             lines.append("summary.json marks this run as not private.")
     if _flag(cfg, "private-metrics"):
-        lines.append("private-metrics = true: clients also sent loss/accuracy computed on their private data "
-                     "WITHOUT noise. The guarantee excludes those values; they leak information about records.")
+        lines.append("private-metrics = true: clients also sent loss/accuracy computed on their private "
+                     "data WITHOUT noise. The guarantee excludes those values; they leak information about "
+                     "records.")
     if (finite(cfg.get("fraction-evaluate")) or 0.0) > 0:
         lines.append("fraction-evaluate > 0: client-side evaluation on private validation data was sent "
                      "without noise; the guarantee excludes it.")
     if not lines:
         return None
-    title = "NOT PRIVATE" if not_private else "NOT PRIVATE: the guarantee excludes some values this run released"
+    title = "NOT PRIVATE" if not_private else "NOT PRIVATE: the guarantee excludes values this run released"
     return {"title": title, "not_private": not_private, "lines": lines}
 
 
@@ -138,7 +148,7 @@ def _epsilon_table(run: RunData, dp: bool) -> dict[str, Any]:
     stats: dict[str, list[float | None]] = {"min": [], "median": [], "mean": [], "max": []}
     for i in range(len(rounds)):
         col = [per_client[c][i] or 0.0 for c in clients]  # not yet sampled: epsilon 0
-        for name, fn in (("min", min), ("median", statistics.median), ("mean", statistics.fmean), ("max", max)):
+        for name, fn in STATS:
             stats[name].append(float(fn(col)) if col else None)
     top = sorted(clients, key=lambda c: (-final[c], natural_key(c)))[:TABLE_ALL_CLIENTS_MAX]
     many = len(clients) > TABLE_ALL_CLIENTS_MAX
@@ -153,8 +163,9 @@ def _epsilon_table(run: RunData, dp: bool) -> dict[str, Any]:
 
 
 def _events(run: RunData) -> list[dict[str, Any]]:
-    events = [{"round": int(row["round"]), "client": str(e.get("client", "?")), "event": str(e.get("event", "")),
-               "reason": str(e.get("reason", ""))} for row in run.metrics for e in row.get("events") or []]
+    events = [{"round": int(row["round"]), "client": str(e.get("client", "?")),
+               "event": str(e.get("event", "")), "reason": str(e.get("reason", ""))}
+              for row in run.metrics for e in row.get("events") or []]
     seen = {(e["round"], e["client"], e["event"].split()[0] if e["event"] else "") for e in events}
     for cid, info in ((run.summary or {}).get("clients") or {}).items():
         for e in info.get("events") or []:
@@ -162,7 +173,8 @@ def _events(run: RunData) -> list[dict[str, Any]]:
             key = (int(e.get("round", 0)), str(cid), name.split()[0] if name else "")
             if key not in seen:
                 seen.add(key)
-                events.append({"round": key[0], "client": str(cid), "event": name, "reason": str(e.get("reason", ""))})
+                events.append({"round": key[0], "client": str(cid), "event": name,
+                               "reason": str(e.get("reason", ""))})
     return sorted(events, key=lambda e: (e["round"], natural_key(e["client"])))
 
 
@@ -177,9 +189,8 @@ def _clients(run: RunData, eps_final: dict[str, float], dp: bool, budget: float)
         ledger = run.ledgers.get(cid)
         eps = None
         if dp:
-            for candidate in (c.get("epsilon"), per_client.get(cid),
-                              ledger.entries[-1].get("epsilon") if ledger is not None and len(ledger) else None,
-                              eps_final.get(cid)):
+            last = ledger.entries[-1].get("epsilon") if ledger is not None and len(ledger) else None
+            for candidate in (c.get("epsilon"), per_client.get(cid), last, eps_final.get(cid)):
                 eps = finite(candidate)
                 if eps is not None:
                     break
@@ -189,7 +200,7 @@ def _clients(run: RunData, eps_final: dict[str, float], dp: bool, budget: float)
                      "reason": c.get("reason", ""), "participations": participations, "epsilon": eps,
                      "budget": budget if budget > 0 else None, "remaining": remaining,
                      "used_fraction": eps / budget if remaining is not None else None,
-                     "rounds_trained": [e.get("round") for e in ledger.entries] if ledger is not None else []})
+                     "rounds_trained": [e.get("round") for e in ledger.entries] if ledger else []})
     return rows
 
 
@@ -205,7 +216,7 @@ def _federation(run: RunData, clients: list[dict[str, Any]], delta: float | None
     done = int(summary.get("rounds_completed", len(run.metrics)))
     reason = str(summary.get("stop_reason") or "")
     if run.summary is None:
-        reason = reason or "unknown: summary.json is missing (the run crashed, was killed or is still running)"
+        reason = reason or "unknown: summary.json is missing (the run crashed, was killed or still runs)"
     early = bool(reason) or (total > 0 and done < total)
     eb, te = finite(cfg.get("epsilon-budget")) or 0.0, finite(cfg.get("target-epsilon")) or 0.0
     source = ("min(epsilon-budget, target-epsilon)" if eb and te else "epsilon-budget" if eb
@@ -216,8 +227,8 @@ def _federation(run: RunData, clients: list[dict[str, Any]], delta: float | None
         "budget": budget if budget > 0 else None, "budget_source": source,
         "max_participations": run.resolved.get("max-participations", cfg.get("max-participations")),
         "rounds_completed": done, "num_server_rounds": total, "stopped_early": early, "stop_reason": reason,
-        "stop_text": (f"stopped early after round {done} of {total}: {reason or 'no reason recorded'}" if early
-                      else f"ran all {total} rounds"),
+        "stop_text": (f"stopped early after round {done} of {total}: {reason or 'no reason recorded'}"
+                      if early else f"ran all {total} rounds"),
         "finished": run.summary is not None, "wall_seconds": finite(summary.get("wall_seconds")),
     }
 
@@ -272,16 +283,19 @@ def _checks(run: RunData, eps: dict[str, Any], fed: dict[str, Any], clients: lis
         expected = finite(ledger.entries[-1].get("epsilon")) if ledger is not None and len(ledger) else 0.0
         if not agrees(finite(v), expected) and not (finite(v) == 0 and expected == 0):
             bad.append(f"{cid}: summary.json says {v}, the ledger says {expected}")
-    checks.append({"name": "summary.json epsilon per client equals the ledgers", "ok": not bad, "details": bad})
+    checks.append({"name": "summary.json epsilon per client equals the ledgers", "ok": not bad,
+                   "details": bad})
     bad = []
     for cid, ledger in run.ledgers.items():
         for e in ledger.entries:
             if delta is not None and not agrees(finite(e.get("delta")), delta):
-                bad.append(f"{cid} round {e.get('round')}: delta {e.get('delta')} but the run's delta is {delta}")
+                bad.append(f"{cid} round {e.get('round')}: delta {e.get('delta')} but the run's delta is "
+                           f"{delta}")
             if e.get("accountant", accountant) != accountant:
                 bad.append(f"{cid} round {e.get('round')}: accountant {e.get('accountant')} but the run's is "
                            f"{accountant}")
-    checks.append({"name": "every ledger entry uses the run's delta and accountant", "ok": not bad, "details": bad})
+    checks.append({"name": "every ledger entry uses the run's delta and accountant", "ok": not bad,
+                   "details": bad})
     return checks
 
 
@@ -297,7 +311,8 @@ def build_report(run: RunData) -> dict[str, Any]:
     if delta is None and run.metrics:
         delta = finite(run.metrics[-1].get("delta"))
     accountant = str(summary.get("accountant") or cfg.get("accountant") or DEFAULT_ACCOUNTANT)
-    budget = effective_budget(finite(cfg.get("epsilon-budget")) or 0.0, finite(cfg.get("target-epsilon")) or 0.0)
+    budget = effective_budget(finite(cfg.get("epsilon-budget")) or 0.0,
+                              finite(cfg.get("target-epsilon")) or 0.0)
 
     eps = _epsilon_table(run, dp)
     clients = _clients(run, eps["final"], dp, budget)
@@ -310,7 +325,8 @@ def build_report(run: RunData) -> dict[str, Any]:
         "schema": SCHEMA,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": {"directory": str(run.path), "id": run.path.name, "dataset": cfg.get("dataset"),
-                "model": cfg.get("model"), "partition": cfg.get("partition"), "num_clients": cfg.get("num-clients"),
+                "model": cfg.get("model"), "partition": cfg.get("partition"),
+                "num_clients": cfg.get("num-clients"),
                 "num_server_rounds": fed["num_server_rounds"], "rounds_completed": fed["rounds_completed"]},
         "warnings": list(run.warnings),
         "banner": _banner(run, not_private),
@@ -323,6 +339,6 @@ def build_report(run: RunData) -> dict[str, Any]:
         "accountants": accountants,
         "checks": checks,
         "accounting_ok": ok,
-        "reproduction": reproduction(groups),
+        "reproduction": reproduction(groups, {d["id"]: d["recomputed"] for d in accountants["distinct"]}),
         "plots": {},
     }

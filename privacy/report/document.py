@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from privacy.report.accounting import interval_text
+
 Block = tuple[Any, ...]
 DASH = "—"
 MANY_CLIENTS = 20  # more: the accountants table shows distinct ledgers instead of every client
@@ -41,12 +43,15 @@ def f_rel(v: float | None) -> str:
 def _glance(r: dict[str, Any]) -> Section:
     fed, mech, acc = r["federation"], r["mechanism"], r["accountants"]
     n_bad = len(acc["mismatches"]) + sum(len(c["details"]) for c in r["checks"])
-    check = "OK: every ε re-derived from the ledgers" if r["accounting_ok"] else f"MISMATCH ({n_bad} problems)"
+    check = "OK: every ε re-derived from the ledgers" if r["accounting_ok"] else f"MISMATCH ({n_bad} issues)"
+    if not mech["dp"]:
+        check = "nothing to check: no DP, no ledgers"
     eps_text = (f"{f_eps(fed['epsilon'])} at δ = {f_g(fed['delta'])} ({fed['accountant']}; max over clients)"
                 if fed["epsilon"] is not None else "none: no DP guarantee (dp = false)")
     rows = [
         ("Federation ε", eps_text),
-        ("Guarantee", "NOT PRIVATE" if mech["not_private"] else "sample-level (ε, δ)-DP for every record"),
+        ("Guarantee", "NOT PRIVATE" if mech["not_private"] else "sample-level (ε, δ)-DP for every record"
+         + (", EXCEPT the values named in the banner above" if r["banner"] else "")),
         ("Clients", str(len(r["clients"]))),
         ("Rounds", f"{fed['rounds_completed']} of {fed['num_server_rounds']}"),
         ("Run", fed["stop_text"]),
@@ -66,6 +71,10 @@ def _glance(r: dict[str, Any]) -> Section:
 
 def _mechanism(r: dict[str, Any]) -> Section:
     m = r["mechanism"]
+    if not m["dp"]:
+        blocks: list[Block] = [("p", "Nothing is protected: " + m["how"]), ("p", "Privacy statement recorded by "
+                               "the server (config.json):"), ("list", m["privacy_statement"])]
+        return Section("1. Privacy mechanism", blocks)
     rows = [
         ("What is protected", m["protected"]),
         ("Unit of privacy", m["unit"]),
@@ -75,20 +84,17 @@ def _mechanism(r: dict[str, Any]) -> Section:
         ("Accountant", f"{m['accountant']}: {m['accountant_description']}"),
         ("Federation ε", m["assumption"]),
     ]
-    blocks: list[Block] = [("kv", rows), ("p", "The guarantee does NOT cover:"), ("list", m["excludes"])]
+    blocks = [("kv", rows), ("p", "The guarantee does NOT cover:"), ("list", m["excludes"])]
     if m["privacy_statement"]:
-        blocks += [("p", "Privacy statement recorded by the server (config.json):"), ("list", m["privacy_statement"])]
-    params = [(f"`{k}`", f_g(v)) for k, v in m["parameters"].items()]
-    params += [(f"resolved `{k}`", f_g(v)) for k, v in m["resolved"].items()]
-    if params:
-        blocks += [("p", "Run configuration:"), ("kv", params)]
+        blocks += [("p", "Privacy statement recorded by the server (config.json):"),
+                   ("list", m["privacy_statement"])]
     return Section("1. Privacy mechanism", blocks)
 
 
 def _epsilon(r: dict[str, Any]) -> Section:
     e = r["epsilon"]
     if not e["clients"]:
-        return Section("2. ε per client per round", [("p", "No ε: differential privacy was off in this run.")])
+        return Section("2. ε per client per round", [("p", "No ε: differential privacy was off.")])
     blocks: list[Block] = [("p", e["note"])]
     if "epsilon" in r["plots"]:
         alt = "epsilon per client per round" + (" (min/median/max band)" if e["plot_mode"] == "band" else "")
@@ -103,9 +109,9 @@ def _epsilon(r: dict[str, Any]) -> Section:
             row += [f_eps(e["stats"][s][i]) for s in ("min", "median", "max")]
         rows.append(row)
     if many:
-        blocks.append(("p", f"Showing the {len(shown)} clients with the largest final ε of {len(e['clients'])}, "
-                            "plus min / median / max over all clients; the full table is in report.json "
-                            "(`epsilon.per_client`)."))
+        blocks.append(("p", f"Showing the {len(shown)} clients with the largest final ε of "
+                            f"{len(e['clients'])}, plus min / median / max over all clients; the full table "
+                            "is in report.json (`epsilon.per_client`)."))
     blocks.append(("table", headers, rows))
     return Section("2. ε per client per round", blocks)
 
@@ -116,7 +122,8 @@ def _federation(r: dict[str, Any]) -> Section:
     if fed["epsilon"] is not None:
         who = ", ".join(fed["argmax_clients"][:5]) + (" ..." if len(fed["argmax_clients"]) > 5 else "")
         blocks.append(("p", f"Federation ε = {f_eps(fed['epsilon'])} at δ = {f_g(fed['delta'])} "
-                            f"({fed['accountant']}): the maximum over {len(r['clients'])} clients, reached by {who}."))
+                            f"({fed['accountant']}): the maximum over {len(r['clients'])} clients, reached "
+                            f"by {who}."))
     else:
         blocks.append(("p", "No federation ε: differential privacy was off."))
     if fed["stopped_early"]:
@@ -125,7 +132,8 @@ def _federation(r: dict[str, Any]) -> Section:
         blocks.append(("p", f"The run {fed['stop_text']}."))
     budget = (f"ε = {f_g(fed['budget'])} per client (from {fed['budget_source']})" if fed["budget"]
               else "none configured (epsilon-budget = 0 and target-epsilon = 0)")
-    blocks.append(("kv", [("Budget", budget), ("Max participations per client", f_g(fed["max_participations"]))]))
+    blocks.append(("kv", [("Budget", budget),
+                          ("Max participations per client", f_g(fed["max_participations"]))]))
     headers = ["client", "status", "participations", "ε", "budget", "remaining", "reason"]
     rows = [[c["client"], c["status"], f_g(c["participations"]), f_eps(c["epsilon"]), f_g(c["budget"]),
              f_eps(c["remaining"]), c["reason"] or ""] for c in r["clients"]]
@@ -141,7 +149,8 @@ def _federation(r: dict[str, Any]) -> Section:
 def _training(r: dict[str, Any]) -> Section:
     t = r["training"]
     blocks: list[Block] = [("p", t["note"] + ".")]
-    for name, alt in (("accuracy", "test accuracy per round"), ("accuracy_vs_epsilon", "test accuracy against ε")):
+    for name, alt in (("accuracy", "test accuracy and loss per round"),
+                      ("accuracy_vs_epsilon", "test accuracy against ε")):
         if name in r["plots"]:
             blocks.append(("img", name, alt))
     rows = [[str(x["round"]), f_num(x["accuracy"]), f_num(x["loss"]), f_eps(x["epsilon_max"]),
@@ -153,7 +162,7 @@ def _training(r: dict[str, Any]) -> Section:
 def _accountants(r: dict[str, Any]) -> Section:
     acc = r["accountants"]
     if not acc["distinct"]:
-        return Section("5. Accountants side by side", [("p", "No ledger holds a release: nothing to account.")])
+        return Section("5. Accountants side by side", [("p", "No ledger holds a release: nothing to check.")])
     blocks: list[Block] = [("p", (
         "Each client's ledger recomputed with all three accountants at the run's δ. `reported` is the ε the "
         f"run wrote in the ledger (its accountant); a relative difference above {acc['tolerance']:g} is a "
@@ -164,8 +173,8 @@ def _accountants(r: dict[str, Any]) -> Section:
     headers = ["reported", "pld", "prv", "rdp", "rel. difference", "check"]
     if len(acc["clients"]) <= MANY_CLIENTS:
         rows = [[c["client"], c["ledger"], str(c["releases"]), f_eps(c["reported"]),
-                 *[f_eps(c["recomputed"].get(a)) for a in ("pld", "prv", "rdp")], f_rel(c["relative_difference"]),
-                 "OK" if c["ok"] else "MISMATCH"] for c in acc["clients"]]
+                 *[f_eps(c["recomputed"].get(a)) for a in ("pld", "prv", "rdp")],
+                 f_rel(c["relative_difference"]), "OK" if c["ok"] else "MISMATCH"] for c in acc["clients"]]
         blocks.append(("table", ["client", "ledger", "releases", *headers], rows))
     else:
         by_ledger: dict[str, list[dict[str, Any]]] = {}
@@ -182,40 +191,63 @@ def _accountants(r: dict[str, Any]) -> Section:
                          "OK" if all(c["ok"] for c in cs) else "MISMATCH"])
         blocks.append(("table", ["ledger", "clients", "releases", *headers], rows))
     if r["checks"]:
-        items = [f"{'OK' if c['ok'] else 'FAIL'}: {c['name']}" + ("" if c["ok"] else ": " + "; ".join(c["details"][:5]))
-                 for c in r["checks"]]
+        items = [f"{'OK' if c['ok'] else 'FAIL'}: {c['name']}"
+                 + ("" if c["ok"] else ": " + "; ".join(c["details"][:5])) for c in r["checks"]]
         blocks += [("p", "Cross-checks between the run's files:"), ("list", items)]
     return Section("5. Accountants side by side", blocks)
 
 
+def _configuration(r: dict[str, Any]) -> list[Block]:
+    m = r["mechanism"]
+    params = [(f"`{k}`", f_g(v)) for k, v in m["parameters"].items()]
+    params += [(f"resolved `{k}`", f_g(v)) for k, v in m["resolved"].items()]
+    return [("h3", "Run configuration (config.json)"), ("kv", params)] if params else []
+
+
 def _reproduction(r: dict[str, Any]) -> Section:
     if not r["reproduction"]:
-        return Section("6. Reproduction", [("p", "No releases: nothing to reproduce.")])
+        return Section("6. Reproduction", [("p", "No releases: nothing to reproduce."), *_configuration(r)])
     blocks: list[Block] = [("p", (
         "The exact parameters behind every ε above, per distinct ledger (the sample rate q and the steps per "
         "round follow from each client's record count, batch size and local epochs)."))]
+    top = set(r["federation"]["argmax_clients"])
+    full = next((rep for rep in r["reproduction"] if top & set(rep["clients"])), r["reproduction"][0])
     for rep in r["reproduction"]:
         clients = ", ".join(rep["clients"][:10]) + (f" and {len(rep['clients']) - 10} more"
                                                      if len(rep["clients"]) > 10 else "")
         blocks.append(("h3", f"Ledger {rep['ledger']}: {clients}"))
-        rows = [[s["mechanism"], repr(s["noise_multiplier"]), repr(s["sample_rate"]), str(s["steps_per_round"]),
-                 str(s["rounds"])] for s in rep["schedule"]]
+        rows = [[s["mechanism"], repr(s["noise_multiplier"]), repr(s["sample_rate"]),
+                 str(s["steps_per_round"]), str(s["rounds"])] for s in rep["schedule"]]
         blocks.append(("table", ["mechanism", "σ (noise multiplier)", "q (sample rate)", "steps per round",
                                  "rounds"], rows))
         blocks.append(("kv", [("δ", repr(rep["delta"])), ("accountant", rep["accountant"]),
                               ("releases", str(rep["rounds"]))]))
         if rep["command"]:
             out = rep["command_output"]
-            blocks += [("p", f"Every release is identical, so one DP-SGD run of {rep['total_steps']} steps "
-                             f"({rep['steps_per_round']} per round x {rep['rounds']} rounds) has the same ε:"),
+            how = (f"{rep['steps_per_round']} per round x {rep['rounds']} rounds" if rep["uniform"]
+                   else "the sum of every round's steps")
+            blocks += [("p", f"Every release has the same σ and q, so one DP-SGD run of {rep['total_steps']} "
+                             f"steps ({how}) has the same ε (composition only depends on the total steps):"),
                        ("code", "bash", rep["command"]),
                        ("p", "which prints " + ", ".join(f"{k} ε = {v:.6g}" for k, v in out.items())
-                        + " (equal to the ledger's values up to the accountants' discretisation).")]
+                        + (" (the ledger's values)." if rep["command_matches"] else
+                           " (the ledger's values up to the accountants' discretisation)."))]
         else:
-            blocks.append(("p", "The releases differ between rounds, so no single command line reproduces "
-                                "them; use the Python below."))
-        blocks += [("p", "With dp-accounting and Opacus alone:"), ("code", "python", rep["python"])]
-    return Section("6. Reproduction", blocks)
+            blocks.append(("p", "σ or q changes between rounds, so no single command line reproduces this "
+                                "ledger; use the Python below."))
+        if rep is full:
+            blocks += [("p", "With dp-accounting and Opacus alone (this ledger holds the federation's ε):"),
+                       ("code", "python", rep["python"])]
+        else:
+            schedule = ", ".join(f"({s['noise_multiplier']!r}, {s['sample_rate']!r}, {s['steps_per_round']}, "
+                                 f"{s['rounds']})" for s in rep["schedule"])
+            blocks += [("p", f"With dp-accounting and Opacus alone: the Python of ledger {full['ledger']} with "
+                             "these three lines instead of its own (every ledger's full snippet is in "
+                             "report.json, `reproduction`):"),
+                       ("code", "python", f"delta = {rep['delta']!r}\n"
+                                          f"interval = {interval_text(rep['pld_discretization'])}\n"
+                                          f"schedule = [{schedule}]")]
+    return Section("6. Reproduction", blocks + _configuration(r))
 
 
 def build_document(report: dict[str, Any]) -> tuple[str, list[Section]]:

@@ -6,6 +6,7 @@ it is safe on headless servers and inside processes that use matplotlib differen
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +58,18 @@ def plot_epsilon(report: dict[str, Any], path: Path) -> Path | None:
             xs, ys = _series(eps["per_client"][cid], rounds)
             ax.plot(xs, ys, marker="o", ms=3, label=cid)
         title = "ε per client after each round"
+    top = max((v for vals in eps["per_client"].values() for v in vals if v is not None), default=0.0)
     if fed.get("budget"):
         ax.axhline(fed["budget"], color="black", ls="--", lw=1, label=f"budget ε = {fed['budget']:g}")
+        top = max(top, fed["budget"])
     delta = fed.get("delta")
     ax.set_title(f"{title}  (δ = {delta:g}, {fed['accountant']})" if delta else title)
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative ε")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
     ax.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
     n_labels = len(ax.get_legend_handles_labels()[1])
-    ax.legend(fontsize=8, ncol=1 if n_labels <= 8 else 2, loc="upper left")
+    ax.legend(fontsize=8, ncol=1 if n_labels <= 8 else 2, loc="best")
     return _save(fig, path)
 
 
@@ -76,22 +79,23 @@ def plot_accuracy(report: dict[str, Any], path: Path) -> Path | None:
         return None
     fig, ax = _figure()
     xs = [r["round"] for r in rows]
-    ax.plot(xs, [r["accuracy"] for r in rows], marker="o", color="tab:green", label="test accuracy")
+    lines = ax.plot(xs, [r["accuracy"] for r in rows], marker="o", color="tab:green", label="test accuracy")
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy", color="tab:green")
-    losses = [(r["round"], r["loss"]) for r in rows if r["loss"] is not None]
-    if losses:
-        ax2 = ax.twinx()
-        ax2.plot([x for x, _ in losses], [y for _, y in losses], marker="s", ms=3, color="tab:gray", ls="--",
-                 label="test loss")
+    if any(r["loss"] is not None for r in rows):
+        ax2 = ax.twinx()  # a missing (non-finite) loss leaves a gap rather than a made-up segment
+        lines += ax2.plot(xs, [math.nan if r["loss"] is None else r["loss"] for r in rows], marker="s", ms=3,
+                          color="tab:gray", ls="--", label="test loss")
         ax2.set_ylabel("test loss", color="tab:gray")
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
     ax.set_title("Global model on the server's test set")
     ax.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
     return _save(fig, path)
 
 
 def plot_accuracy_vs_epsilon(report: dict[str, Any], path: Path) -> Path | None:
-    rows = [r for r in report["training"]["rounds"] if r["accuracy"] is not None and r["epsilon_max"] is not None]
+    rows = [r for r in report["training"]["rounds"]
+            if r["accuracy"] is not None and r["epsilon_max"] is not None]
     if not rows:
         return None
     fig, ax = _figure()

@@ -26,7 +26,8 @@ nav a { color: #0b57d0; text-decoration: none; }
           font-size: 1.05em; }
 .banner strong.title { display: block; font-size: 1.6em; letter-spacing: 0.04em; margin-bottom: 6px; }
 .banner ul { margin: 0; padding-left: 20px; }
-.note { background: #fff4ce; border-left: 5px solid #e0a800; padding: 8px 14px; margin: 10px 0; font-weight: 600; }
+.note { background: #fff4ce; border-left: 5px solid #e0a800; padding: 8px 14px; margin: 10px 0;
+        font-weight: 600; }
 .scroll { overflow-x: auto; margin: 8px 0 16px; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; vertical-align: top; }

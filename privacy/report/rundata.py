@@ -36,9 +36,10 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
-def _read_json(path: Path, warnings: list[str]) -> dict[str, Any] | None:
+def _read_json(path: Path, warnings: list[str], quiet_if_missing: bool = False) -> dict[str, Any] | None:
     if not path.exists():
-        warnings.append(f"{path.name} is missing")
+        if not quiet_if_missing:
+            warnings.append(f"{path.name} is missing")
         return None
     try:
         data = json.loads(path.read_text())
@@ -70,7 +71,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise FileNotFoundError(f"{path} is not a directory; pass runs/<run-id>")
     warnings: list[str] = []
     config = _read_json(path / "config.json", warnings) or {}
-    summary = _read_json(path / "summary.json", warnings)
+    summary = _read_json(path / "summary.json", warnings, quiet_if_missing=True)
     if summary is None:
         warnings.append("summary.json is missing or unreadable: the run did not finish (or is still "
                         "running); this report uses metrics.jsonl and the ledgers only")
@@ -81,4 +82,5 @@ def load_run(run_dir: str | Path) -> RunData:
             ledgers[file.stem] = Ledger.load(file)
         except (LedgerError, ValueError, KeyError) as exc:
             warnings.append(f"ledger {file.name} could not be read ({exc}); its client is NOT re-checked")
-    return RunData(path=path, config=config, metrics=metrics, summary=summary, ledgers=ledgers, warnings=warnings)
+    return RunData(path=path, config=config, metrics=metrics, summary=summary, ledgers=ledgers,
+                   warnings=warnings)

@@ -1,0 +1,174 @@
+"""Privacy loss distributions (dp-accounting) for ledgers of Poisson-subsampled Gaussian releases.
+
+A ledger is reduced to *runs*: consecutive releases with the same (sigma, q) merged, their steps
+summed. A run's PLD is the single-step PLD self-composed (one FFT power, and one discretisation
+instead of one per release), and a q = 1 run is the exact Gaussian with sigma / sqrt(steps). The
+ledger's PLD is the left fold of its runs with ``compose``; ``epsilon`` and ``epsilon_per_release``
+both follow this one recipe, so a per-release table equals a fresh computation of every prefix.
+
+All estimates are pessimistic (connect-the-dots): every number here is an upper bound on epsilon.
+The discretisation interval is chosen per ledger rather than fixed at 1e-4: a twentieth of the RMS
+standard deviation of one composition's privacy loss, as a power of two in [2^-17, 2^-10]. The composed
+loss's variance then grows by at most (h / rms)^2 / 4 ~ 0.06 %, and measured epsilons are within ~0.05 %
+of a 2^-16 reference (tests check < 1 % against dp-accounting at 1e-4), while ledgers of large q that
+need ~10^6 points at 1e-4 need ~10^4, and small-q ledgers get the finer grid they need.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+Run = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
+PLD = pld_lib.PrivacyLossDistribution
+
+STD_FRACTION = 0.05
+H_MIN_LOG2, H_MAX_LOG2 = -17, -10
+
+
+class LRU:
+    """A small thread-safe LRU map (functools.lru_cache cannot look up prefixes or hold big objects few)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        value = self.get(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def runs_of(params: Sequence[tuple[float, float, int]]) -> list[Run]:
+    """Merge consecutive releases with the same (sigma, q): composition only cares about total steps."""
+    runs: list[Run] = []
+    for sigma, q, steps in params:
+        if runs and runs[-1][0] == sigma and runs[-1][1] == q:
+            runs[-1] = (sigma, q, runs[-1][2] + steps)
+        else:
+            runs.append((sigma, q, steps))
+    return runs
+
+
+def _loss_moments(run: Run) -> tuple[int, float]:
+    """(compositions, variance of one composition's privacy loss), roughly, for a run."""
+    sigma, q, steps = run
+    if q >= 1.0:  # the whole run is one Gaussian with sigma / sqrt(steps): loss std = sqrt(steps) / sigma
+        return 1, steps / sigma**2
+    std = min(q * math.sqrt(math.expm1(min(1 / sigma**2, 700.0))), 1 / sigma)
+    return steps, std**2
+
+
+def interval_for(runs: Sequence[Run]) -> float:
+    """Discretisation interval of a ledger: STD_FRACTION x the RMS per-composition loss std.
+
+    Each composition inflates the composed loss's variance by at most h^2 / 4, so relative to the total
+    variance the inflation is (h / rms)^2 / 4 whatever the mix of runs.
+    """
+    moments = [_loss_moments(r) for r in runs]
+    count = sum(n for n, _ in moments)
+    rms = math.sqrt(sum(n * v for n, v in moments) / count)
+    log2 = math.floor(math.log2(STD_FRACTION * rms)) if rms > 0 else H_MIN_LOG2
+    return 2.0 ** min(max(log2, H_MIN_LOG2), H_MAX_LOG2)
+
+
+@lru_cache(maxsize=64)
+def _one_step(sigma: float, q: float, h: float) -> PLD:
+    return pld_lib.from_gaussian_mechanism(standard_deviation=sigma, sensitivity=1.0,
+                                           pessimistic_estimate=True, value_discretization_interval=h,
+                                           sampling_prob=q)
+
+
+def run_pld(run: Run, h: float) -> PLD:
+    sigma, q, steps = run
+    if q >= 1.0:
+        return pld_lib.from_gaussian_mechanism(standard_deviation=sigma / math.sqrt(steps), sensitivity=1.0,
+                                               pessimistic_estimate=True, value_discretization_interval=h)
+    single = _one_step(sigma, q, h)
+    return single.self_compose(steps) if steps > 1 else single
+
+
+_FOLDS = LRU(16)  # (runs, h) -> PLD of those runs: the prefix a growing ledger composes onto
+
+
+def fold(runs: tuple[Run, ...], h: float) -> PLD:
+    """PLD of the runs, composed left to right, starting from the longest cached prefix."""
+    start, acc = 0, None
+    for j in range(len(runs), 0, -1):
+        acc = _FOLDS.get((runs[:j], h))
+        if acc is not None:
+            start = j
+            break
+    for j in range(start, len(runs)):
+        nxt = run_pld(runs[j], h)
+        acc = nxt if acc is None else acc.compose(nxt)
+        if j >= len(runs) - 2:  # keep the last two: the next round extends the last run or adds one
+            _FOLDS.put((runs[: j + 1], h), acc)
+    assert acc is not None
+    return acc
+
+
+_LEDGERS = LRU(8)  # runs -> PLD of the whole ledger (epsilon at another delta, delta at an epsilon)
+
+
+def ledger_pld(runs: tuple[Run, ...]) -> PLD:
+    """PLD of a ledger: its completed runs (cached fold) composed with its last run."""
+
+    def compute() -> PLD:
+        h = interval_for(runs)
+        base = runs[:-1]
+        last = run_pld(runs[-1], h)
+        return fold(base, h).compose(last) if base else last
+
+    return _LEDGERS.get_or_compute(runs, compute)
+
+
+def epsilon(runs: tuple[Run, ...], delta: float) -> float:
+    return float(ledger_pld(runs).get_epsilon_for_delta(delta))
+
+
+def delta(runs: tuple[Run, ...], eps: float) -> float:
+    return float(ledger_pld(runs).get_delta_for_epsilon(eps))
+
+
+def epsilon_per_release(params: Sequence[tuple[float, float, int]], delta: float) -> list[float]:
+    """Epsilon after each release: the ledger's PLD grows by one composition per release."""
+    out: list[float] = []
+    runs: list[Run] = []
+    for p in params:
+        runs = runs_of([*runs, p])  # merges p into the last run or appends it
+        out.append(epsilon(tuple(runs), delta))
+    return out
+
+
+def clear_caches() -> None:
+    _one_step.cache_clear()
+    _FOLDS.clear()
+    _LEDGERS.clear()

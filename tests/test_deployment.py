@@ -1,0 +1,366 @@
+"""The deployment engine with real processes on 127.0.0.1: flower-superlink, flower-supernode, flwr run.
+
+The fast suite runs one real 2-client federation (and compares it with the in-process engine); TLS,
+a client killed mid-run and a client restarted mid-run are slow. After every federation: no process
+started for it is left (every one carries the supervisor's marker) and no port it used is listening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from simulations.certs import CertificateError, certificate_hosts, generate_certificates, load_certificates
+from simulations.config import resolve
+from simulations.launch import (
+    LogPrinter,
+    Supervisor,
+    descendants,
+    free_ports,
+    is_alive,
+    listening_ports,
+    node_config_string,
+    pids_with_marker,
+    port_listening,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWER = shutil.which("flower-superlink") and shutil.which("flower-supernode") and shutil.which("flwr")
+needs_flower = pytest.mark.skipif(not FLOWER or not sys.platform.startswith("linux"),
+                                  reason="needs Flower's deployment commands on Linux")
+
+# 2 clients, digits, deterministic noise: the launched run and the in-process run are the same computation.
+BASE = {"dataset": "digits", "model": "mlp", "num-clients": 2, "num-server-rounds": 2, "batch-size": 64,
+        "learning-rate": 0.1, "noise-multiplier": 1.0, "delta": 1e-5, "deterministic-noise": True,
+        "seed": 7, "round-timeout": 60.0}
+
+
+def cli_flags(values: dict) -> list[str]:
+    return [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+
+
+def dpfl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_dpfl(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """A `dpfl` command in the background (own session, output to a file), for tests that act mid-run."""
+    fh = open(log, "wb")  # noqa: SIM115 - the child owns it; closed when the test ends
+    return subprocess.Popen([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT, stdout=fh,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def federation(run_path: Path, timeout: float = 180) -> dict:
+    path = run_path / "logs" / "federation.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "the federation never came up"
+        time.sleep(0.2)
+    return json.loads(path.read_text())
+
+
+def wait_rounds(run_path: Path, rounds: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = run_path / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= rounds):
+        assert proc.poll() is None, f"dpfl exited early with code {proc.returncode}"
+        assert time.monotonic() < deadline, f"round {rounds} never finished"
+        time.sleep(0.2)
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """A machine dying: the SuperNode and everything under it (SuperExec, ClientApp)."""
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+
+
+def assert_nothing_left(fed: dict) -> None:
+    """No process of this federation alive, no port of it listening, no Flower process using its home."""
+    deadline = time.monotonic() + 10
+    while pids_with_marker(fed["marker"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pids_with_marker(fed["marker"]) == []
+    ports = [int(fed["superlink_address"].rsplit(":", 1)[1])] + [c["port"] for c in fed["clients"].values()]
+    assert not set(ports) & listening_ports(), f"ports still listening: {set(ports) & listening_ports()}"
+    ps = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()
+    home = str(Path(fed["flower_home"]).parent)
+    stray = [line for line in ps if ("flower-" in line or "flwr" in line) and " Z" not in line
+             and (home in line or any(f":{p}" in line for p in ports))]
+    assert stray == [], stray
+
+
+def summary(run_path: Path) -> dict:
+    return json.loads((run_path / "summary.json").read_text())
+
+
+def ledger_entries(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- fast: no Flower processes ----------------------------------------------------------------------------
+def test_certificates_verify_over_a_real_tls_handshake(tmp_path: Path) -> None:
+    paths = generate_certificates(tmp_path / "certs", ["fl.example.org", "10.1.2.3"])
+    hosts = certificate_hosts(paths.server_cert)
+    for host in ("127.0.0.1", "localhost", "fl.example.org", "10.1.2.3"):
+        assert host in hosts
+    assert oct(paths.server_key.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(CertificateError, match="already exists"):
+        generate_certificates(tmp_path / "certs")
+    assert load_certificates(tmp_path / "certs").ca_cert == paths.ca_cert
+    with pytest.raises(CertificateError, match="dpfl certs"):
+        load_certificates(tmp_path / "nowhere")
+
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(paths.server_cert, paths.server_key)
+    client_ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(b"ok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        assert tls.recv(2) == b"ok"  # hostname 127.0.0.1 verified against the SAN, chain against the CA
+    thread.join(5)
+    listener.close()
+
+
+def test_supervisor_stops_detached_grandchildren_and_frees_ports(tmp_path: Path) -> None:
+    """Flower's SuperExec runs in a new session, so process groups are not enough: the marker is."""
+    port = free_ports(1)[0]
+    script = (f"import subprocess, sys, socket, time\n"
+              f"subprocess.Popen([sys.executable, '-c', 'import socket,time; s=socket.create_server((\"127.0.0.1\", "
+              f"{port})); time.sleep(600)'], start_new_session=True)\n"
+              "print('started', flush=True); time.sleep(600)\n")
+    lines: list[str] = []
+    sup = Supervisor(tmp_path / "logs", lambda proc, line: lines.append(line), grace=1.0)
+    proc = sup.start("parent", [sys.executable, "-c", script])
+    deadline = time.monotonic() + 20
+    while not port_listening(port):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(pids_with_marker(sup.marker)) == 2
+    assert sup.stop_all() == []
+    assert pids_with_marker(sup.marker) == [] and not is_alive(proc.pid)
+    assert not port_listening(port)
+    assert "started" in lines and "started" in (tmp_path / "logs" / "parent.log").read_text()
+
+
+def test_log_printer_shows_rounds_and_errors_hides_flower_chatter() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    printer = LogPrinter(Console(file=out, width=200, highlight=False))
+    printer(None, "INFO :      Start `flwr-serverapp` process", name="server")
+    printer(None, "11/24/2026 18:26:45:INFO:aggregate_train: Received 2 results", name="server")
+    printer(None, "18:26:45 dpfl round   1/2 | accuracy 0.6694 | ε max 2.355", name="server")
+    printer(None, "INFO :      Received successfully", name="client-0")
+    printer(None, "WARNING :   something odd 1", name="client-0")
+    printer(None, "WARNING :   something odd 2", name="client-1")  # same warning: shown once
+    printer(None, "Traceback (most recent call last):", name="client-1")
+    printer(None, '  File "x.py", line 1', name="client-1")
+    printer(None, "ValueError: boom", name="client-1")
+    text = out.getvalue()
+    assert "[server] 18:26:45 dpfl round   1/2" in text
+    assert "flwr-serverapp" not in text and "aggregate_train" not in text and "Received successfully" not in text
+    assert text.count("something odd") == 1
+    assert "[client-1] ValueError: boom" in text and 'File "x.py"' in text
+
+
+def test_node_config_refuses_values_flower_would_split() -> None:
+    assert node_config_string({"partition-id": 1, "data-dir": "/d"}) == 'partition-id=1 data-dir="/d"'
+    with pytest.raises(ValueError, match="spaces"):
+        node_config_string({"data-dir": "/my data"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--clients", "0"], "--clients 0"),
+    (["--clients", "2", "--num-clients", "3"], "disagrees"),
+    (["--certificates", "/nonexistent/certs"], "dpfl certs"),
+    (["--learning-rate", "-1"], "learning-rate"),
+])
+def test_launch_rejects_bad_input_before_starting_anything(args: list[str], message: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from simulations import deploy_cli
+
+    parser = argparse.ArgumentParser(prog="dpfl")
+    deploy_cli.register(parser.add_subparsers(dest="command"))
+    parsed = parser.parse_args(["launch", "--dataset", "digits", "--model", "mlp", *args])
+    assert parsed.func(parsed) == 2
+    out = capsys.readouterr()
+    assert message in out.err + out.out
+    assert "superlink" not in out.out.lower()
+
+
+# --- fast: one real federation ----------------------------------------------------------------------------
+@needs_flower
+def test_launched_federation_matches_in_process_simulation(tmp_path: Path) -> None:
+    """Same config, two engines: identical epsilon (same releases), accuracy within one point."""
+    from simulations.simulate import simulate
+
+    run_path = tmp_path / "launched"
+    launch = start_dpfl("launch", "--clients", "2", *cli_flags({**BASE, "run-dir": tmp_path, "run-name": "launched"}),
+                        log=tmp_path / "launch.out")
+    try:  # the in-process reference runs meanwhile: the federation mostly waits on Flower's 3 s polling
+        cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "inprocess", "workers": 1})
+        simulate(cfg, run_path=tmp_path / "inprocess")
+        code = launch.wait(timeout=300)
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGTERM)
+            launch.wait(30)
+    out = (tmp_path / "launch.out").read_text()
+    assert code == 0, out[-4000:]
+    assert "[server]" in out and "round   2/2" in out and "summary" in out
+    assert "Starting Flower SuperNode" not in out  # Flower's INFO chatter stays in the logs
+    fed = federation(run_path)
+    assert_nothing_left(fed)
+    for name in ("config.json", "metrics.jsonl", "model.pt", "summary.json"):
+        assert (run_path / name).exists(), name
+    assert (run_path / "logs" / "superlink.log").exists() and (run_path / "logs" / "client-1.log").exists()
+    assert len(list((run_path / "ledgers").glob("*.jsonl"))) == 2
+    launched = summary(run_path)
+    assert launched["rounds_completed"] == 2 and not launched["stop_reason"]
+    reference = summary(tmp_path / "inprocess")
+    assert launched["epsilon_per_client"] == reference["epsilon_per_client"]  # identical, not approximately
+    assert launched["epsilon_max"] == reference["epsilon_max"]
+    assert abs(launched["final_accuracy"] - reference["final_accuracy"]) <= 0.01
+    # the clients' own durable ledgers agree with the server's
+    for cid in ("client-000", "client-001"):
+        own = ledger_entries(run_path / "client-state" / f"{cid}.jsonl")
+        assert [e["round"] for e in own] == [1, 2]
+        assert own[-1]["epsilon"] == pytest.approx(launched["epsilon_per_client"][cid])
+
+
+# --- slow: TLS, failures, durability ----------------------------------------------------------------------
+@needs_flower
+@pytest.mark.slow
+def test_tls_federation(tmp_path: Path) -> None:
+    assert dpfl("certs", str(tmp_path / "certs")).returncode == 0
+    res = dpfl("launch", "--clients", "2", "--certificates", str(tmp_path / "certs"),
+               *cli_flags({**BASE, "num-server-rounds": 1, "run-dir": tmp_path, "run-name": "tls"}))
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "TLS" in res.stdout and "plaintext" not in res.stdout
+    fed = federation(tmp_path / "tls")
+    assert fed["tls"] is True and fed["ca_cert"].endswith("ca.crt")
+    link_log = (tmp_path / "tls" / "logs" / "superlink.log").read_text()
+    assert "--ssl-certfile" in link_log.splitlines()[0] and "--insecure" not in link_log.splitlines()[0]
+    for k in (0, 1):
+        first = (tmp_path / "tls" / "logs" / f"client-{k}.log").read_text().splitlines()[0]
+        assert "--root-certificates" in first and "--insecure" not in first
+    assert summary(tmp_path / "tls")["rounds_completed"] == 1
+    assert_nothing_left(fed)
+
+
+@needs_flower
+@pytest.mark.slow
+def test_client_killed_mid_run_is_dropped_and_the_run_completes(tmp_path: Path) -> None:
+    run_path = tmp_path / "kill"
+    proc = start_dpfl("launch", "--clients", "2", *cli_flags({
+        **BASE, "num-server-rounds": 3, "round-timeout": 15.0, "min-train-clients": 1,
+        "run-dir": tmp_path, "run-name": "kill"}), log=tmp_path / "launch.out")
+    try:
+        fed = federation(run_path)
+        wait_rounds(run_path, 1, proc)
+        kill_tree(fed["clients"]["client-1"]["pid"])  # round 2 is under way
+        assert proc.wait(timeout=300) == 0, (tmp_path / "launch.out").read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    out = (tmp_path / "launch.out").read_text()
+    result = summary(run_path)
+    assert result["rounds_completed"] == 3 and not result["stop_reason"]
+    events = result["clients"]["client-001"]["events"]
+    assert events and events[0]["round"] == 2 and events[0]["event"] == "dropped", events
+    assert "client-001 dropped in round 2" in out
+    assert "client-1 (SuperNode pid" in out and "the run goes on" in out
+    rows = [json.loads(x) for x in (run_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["participants"] for r in rows] == [2, 1, 1]
+    assert_nothing_left(fed)
+
+
+@needs_flower
+@pytest.mark.slow
+def test_too_few_clients_left_ends_the_run_cleanly(tmp_path: Path) -> None:
+    """min-train-clients=2 and one client gone: once Flower stops listing it (no heartbeat for ~60 s) the
+    server stops and says why; until then each round waits round-timeout for it. It never waits forever."""
+    run_path = tmp_path / "few"
+    proc = start_dpfl("launch", "--clients", "2", *cli_flags({
+        **BASE, "num-server-rounds": 12, "round-timeout": 10.0, "min-train-clients": 2,
+        "run-dir": tmp_path, "run-name": "few"}), log=tmp_path / "launch.out")
+    try:
+        fed = federation(run_path)
+        wait_rounds(run_path, 1, proc)
+        kill_tree(fed["clients"]["client-1"]["pid"])
+        code = proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    result = summary(run_path)
+    assert 1 <= result["rounds_completed"] < 12
+    assert "min-train-clients" in result["stop_reason"], result["stop_reason"]
+    assert code == 0  # stopped cleanly after at least one round, as `dpfl simulate` reports it
+    assert_nothing_left(fed)
+
+
+@needs_flower
+@pytest.mark.slow
+def test_restarted_client_continues_its_ledger(tmp_path: Path) -> None:
+    """Every round runs in a fresh ClientApp process and a restarted SuperNode has no memory: epsilon must
+    continue from the client's ledger on disk, never from zero."""
+    run_path = tmp_path / "restart"
+    proc = start_dpfl("launch", "--clients", "2", *cli_flags({
+        **BASE, "num-server-rounds": 3, "round-timeout": 20.0, "min-train-clients": 1,
+        "run-dir": tmp_path, "run-name": "restart"}), log=tmp_path / "launch.out")
+    client = None
+    try:
+        fed = federation(run_path)
+        wait_rounds(run_path, 1, proc)
+        old = fed["clients"]["client-1"]["pid"]
+        kill_tree(old, signal.SIGTERM)  # a clean restart: the SuperNode leaves, then comes back
+        deadline = time.monotonic() + 30
+        while is_alive(old) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        client = start_dpfl("client", "--server", fed["superlink_address"], "--partition-id", "1",
+                            "--num-partitions", "2", "--insecure", log=tmp_path / "client.out")
+        assert proc.wait(timeout=300) == 0, (tmp_path / "launch.out").read_text()[-4000:]
+    finally:
+        for p in (proc, client):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+    entries = ledger_entries(run_path / "client-state" / "client-001.jsonl")
+    rounds = [e["round"] for e in entries]
+    assert rounds[0] == 1 and len(rounds) >= 2, rounds  # trained before and after the restart
+    eps = [e["epsilon"] for e in entries]
+    assert all(b > a for a, b in zip(eps, eps[1:], strict=False)), eps  # never back to zero
+    server_side = ledger_entries(run_path / "ledgers" / "client-001.jsonl")
+    assert [e["round"] for e in server_side] == rounds
+    assert summary(run_path)["epsilon_per_client"]["client-001"] == pytest.approx(eps[-1])
+    assert_nothing_left(fed)

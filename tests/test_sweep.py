@@ -1,0 +1,369 @@
+"""Sweeps: expansion and validation, execution and resume, results and report, honest tuning epsilon."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+
+import simulations.simulate as sim
+from simulations import sweep
+from simulations.sweep import (
+    RDP_ORDERS,
+    PrivateRun,
+    SweepError,
+    expand,
+    pld_delta,
+    poisson_tuning_rdp,
+    rdp_to_epsilon,
+    run_sweep,
+    spec_from_dict,
+    tnb_tuning_rdp,
+)
+from simulations.sweep_report import Group, pareto_front
+
+BASE = {"dataset": "digits", "model": "mlp", "num-clients": 2, "num-server-rounds": 1, "batch-size": 32,
+        "learning-rate": 0.1, "delta": 1e-5}
+TINY = {"sweep": {"name": "tiny"}, "base": BASE,
+        "grid": {"noise-multiplier": [0.8, 1.5], "max-grad-norm": [0.5, 1.0]}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> sweep.SweepOutcome:
+    out = tmp_path_factory.mktemp("tiny") / "sweep"
+    return run_sweep(spec_from_dict(TINY), out, jobs=1)
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- expansion and validation (no training) ------------------------------------------------------------------
+def test_grid_expansion_adds_one_baseline_per_non_privacy_setting() -> None:
+    spec = spec_from_dict({"base": BASE, "grid": {"target-epsilon": [1.0, 2.0], "seed": [1, 2],
+                                                  "local-epochs": [1]}})
+    points = expand(spec)
+    private = [p for p in points if p.kind == "private"]
+    baselines = [p for p in points if p.kind == "baseline"]
+    assert len(private) == 4 and len(baselines) == 2  # one per seed: the non-privacy settings
+    for b in baselines:
+        assert b.config is not None and b.config["dp"] is False and b.config["target-epsilon"] == 0.0
+        assert b.params["target-epsilon"] is None
+    assert len({p.id for p in points}) == len(points)
+    assert expand(spec)[0].id == points[0].id  # stable names: resume relies on them
+
+
+def test_linked_axis_and_point_ids_ignore_location() -> None:
+    spec = spec_from_dict({"base": BASE, "grid": {"clients": [{"num-clients": 2, "fraction-train": 1.0},
+                                                              {"num-clients": 4, "fraction-train": 0.5}]}})
+    points = [p for p in expand(spec) if p.kind == "private"]
+    assert [(p.config["num-clients"], p.config["fraction-train"]) for p in points] == [(2, 1.0), (4, 0.5)]
+    cfg = dict(points[0].config)
+    assert sweep.point_id({**cfg, "run-dir": "/elsewhere", "run-name": "x"}) == points[0].id
+
+
+def test_invalid_values_become_failed_points_not_a_failed_sweep() -> None:
+    points = expand(spec_from_dict({"base": BASE, "grid": {"max-grad-norm": [1.0, -1.0]}}))
+    bad = [p for p in points if not p.valid]
+    assert len(bad) == 1 and "max-grad-norm=-1.0" in bad[0].error and "expected a number > 0" in bad[0].error
+    assert sum(p.valid for p in points) == 2  # the good point and its baseline
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"base": {"no-such-key": 1}}, "unknown config key"),
+    ({"grid": {"seed": []}}, "non-empty list"),
+    ({"grid": {"seed": [1]}, "random": {"trials": 3, "seed": [1, 2]}}, "both [grid] and [random]"),
+    ({"random": {"trials": 0}}, "trials"),
+    ({"random": {"trials": 3, "learning-rate": {"low": 0, "high": 1, "log": True}}}, "low > 0"),
+    ({"bogus": {}, "grid": {}}, "unknown table"),
+])
+def test_sweep_spec_errors_name_the_problem(data: dict, message: str) -> None:
+    with pytest.raises(SweepError) as info:
+        spec_from_dict(data)
+    assert message in str(info.value)
+
+
+def test_random_search_draws_are_seeded_but_the_trial_count_is_not(tmp_path: Path) -> None:
+    data = {"sweep": {"seed": 7}, "base": BASE,
+            "random": {"trials": 4, "learning-rate": {"low": 0.01, "high": 1.0, "log": True},
+                       "batch-size": {"low": 16, "high": 64}, "optimizer": {"choices": ["sgd", "adam"]}}}
+    spec = spec_from_dict(data)
+    a, b = expand(spec, trials=3), expand(spec, trials=3)
+    assert [p.params for p in a] == [p.params for p in b]
+    for p in a:
+        assert 0.01 <= p.params["learning-rate"] <= 1.0 and isinstance(p.params["batch-size"], int)
+    points, k = sweep.plan_sweep(spec, tmp_path, resume=False)
+    sweep._save_plan(tmp_path, spec, points, k)
+    again, k2 = sweep.plan_sweep(spec, tmp_path, resume=True)  # resuming keeps K and the draws
+    assert k2 == k and [p.id for p in again] == [p.id for p in points]
+    changed = spec_from_dict({**data, "random": {**data["random"], "trials": 9}})
+    with pytest.raises(SweepError, match="different sweep spec"):
+        sweep.plan_sweep(changed, tmp_path, resume=True)
+
+
+def test_trial_count_distributions() -> None:
+    rng = np.random.default_rng(0)
+    assert sweep.draw_trial_count("fixed", 6) == 6
+    poisson = [sweep.draw_trial_count("poisson", 5.0, rng=rng) for _ in range(3000)]
+    assert abs(np.mean(poisson) - 5.0) < 0.2
+    for eta in (1.0, 0.0, 0.5):
+        draws = [sweep.draw_trial_count("truncated-negative-binomial", 5.0, eta, rng=rng) for _ in range(3000)]
+        assert min(draws) >= 1 and abs(np.mean(draws) - 5.0) < 0.4, eta
+    assert sweep.tnb_mean(1.0, 0.2) == pytest.approx(5.0)  # geometric: 1/gamma
+
+
+# --- honest tuning: Papernot & Steinke against a hand computation -----------------------------------------------
+def _gaussian_delta(eps: float, sigma: float) -> float:
+    """delta(eps) of the Gaussian mechanism with sensitivity 1 (Balle & Wang 2018), by hand."""
+    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
+    mu = 1.0 / sigma
+    return phi(-eps / mu + mu / 2) - math.exp(eps) * phi(-eps / mu - mu / 2)
+
+
+def test_poisson_tuning_bound_matches_hand_computation() -> None:
+    sigma, mu, lam = 2.0, 5.0, 10.0
+    release = (sigma, 1.0, 1)  # one Gaussian mechanism: RDP(lambda) = lambda / (2 sigma^2)
+    rdp = sweep.ledger_rdp([release])
+    i = RDP_ORDERS.index(lam)
+    assert rdp[i] == pytest.approx(lam / (2 * sigma**2))
+    eps_hat = math.log(1 + 1 / (lam - 1))
+    hand = lam / (2 * sigma**2) + mu * _gaussian_delta(eps_hat, sigma) + math.log(mu) / (lam - 1)
+    assert hand == pytest.approx(2.2154, abs=2e-4)  # worked out on paper: 1.25 + 5 x 0.15732 + log(5)/9
+    exact = poisson_tuning_rdp(rdp, lambda e: _gaussian_delta(e, sigma), mu)
+    assert exact[i] == pytest.approx(hand, rel=1e-9)
+    via_pld = poisson_tuning_rdp(rdp, lambda e: pld_delta([release], e), mu)
+    assert via_pld[i] == pytest.approx(hand, rel=1e-3)
+    # end to end: the sweep's bound for "one trial = this release", then RDP -> (eps, delta)
+    run = PrivateRun(Path("."), "p", 1e-5, "x", {"client-000": [release]}, attempt=False)
+    eps, method, _ = sweep.random_tuning_epsilon([run], [], 1e-5, "poisson", mu, 1.0)
+    assert method == "papernot-steinke-poisson"
+    assert eps == pytest.approx(rdp_to_epsilon(exact, 1e-5), rel=1e-3)
+    # and the standard conversion at lambda = 10 upper-bounds it
+    assert eps <= hand + math.log(1 / 1e-5) / (lam - 1) + 1e-9
+
+
+def test_tnb_tuning_bound_matches_hand_computation() -> None:
+    sigma, eta, gamma, lam = 2.0, 1.0, 0.2, 10.0  # geometric, E[K] = 5
+    rdp = sweep.ledger_rdp([(sigma, 1.0, 1)])
+    out = tnb_tuning_rdp(rdp, eta, gamma)
+    # min over lambda_hat of (1+eta)(1-1/l) l/8 + (1+eta) log(1/gamma)/l = (l-1)/4 + 2 log 5 / l: at l = 3.6
+    hand = lam / 8 + (3.6 - 1) / 4 + 2 * math.log(5) / 3.6 + math.log(5) / (lam - 1)
+    assert out[RDP_ORDERS.index(lam)] == pytest.approx(hand, rel=1e-9)
+    assert hand == pytest.approx(2.9730, abs=1e-3)
+
+
+# --- a tiny sweep, end to end --------------------------------------------------------------------------------------
+def test_tiny_sweep_writes_table_and_report(tiny: sweep.SweepOutcome) -> None:
+    out = tiny.out
+    rows = _rows(out)
+    assert len(rows) == 5  # 2 x 2 private points + the non-private baseline
+    assert {r["status"] for r in rows} == {"ok"}
+    assert sorted(r["kind"] for r in rows) == ["baseline"] + ["private"] * 4
+    for key in ("noise-multiplier", "max-grad-norm", "final_accuracy", "best_accuracy", "epsilon", "delta",
+                "wall_seconds", "status"):
+        assert key in rows[0]
+    baseline = next(r for r in rows if r["kind"] == "baseline")
+    assert baseline["epsilon"] == "inf"
+    private = [r for r in rows if r["kind"] == "private"]
+    assert all(float(r["epsilon"]) > 0 and float(r["delta"]) == 1e-5 for r in private)
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["rows"]) == 5 and data["rows"][0]["accuracy_by_round"]
+    md = (out / "report.md").read_text()
+    assert "applies to the selected model" in md and "Pareto" in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
+    for name in ("accuracy_vs_epsilon", "accuracy_vs_rounds", "parameter_effects"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    # the baseline is the most accurate here, and still never the selected result
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["selected"] in {r["id"] for r in private}
+    best_private = max(private, key=lambda r: float(r["final_accuracy"]))
+    assert tuning["selected"] == best_private["id"]
+    assert tuning["epsilon"] > tuning["selected_epsilon_alone"]
+
+
+def test_grid_tuning_epsilon_equals_direct_dp_accounting_composition(tiny: sweep.SweepOutcome) -> None:
+    tuning = json.loads((tiny.out / "tuning.json").read_text())
+    assert tuning["method"] == "pld-per-client" and tuning["private_runs"] == 4
+    per_client: dict[str, dp_accounting.pld.PLDAccountant] = {}
+    for run in sorted((tiny.out / "runs").iterdir()):
+        if not json.loads((run / "config.json").read_text())["dp"]:
+            continue
+        for ledger in (run / "ledgers").glob("*.jsonl"):
+            acc = per_client.setdefault(ledger.stem, dp_accounting.pld.PLDAccountant(
+                value_discretization_interval=1e-4))
+            for line in ledger.read_text().splitlines():
+                e = json.loads(line)
+                acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+                    e["sample_rate"], dp_accounting.GaussianDpEvent(e["noise_multiplier"])), e["steps"]))
+    direct = max(acc.get_epsilon(tuning["delta"]) for acc in per_client.values())
+    assert len(per_client) == 2
+    assert tuning["epsilon"] == pytest.approx(direct, rel=1e-3)
+    # and with different partitions (another seed), the RDP path is used and is no smaller than one run
+    runs = sweep.private_runs(tiny.out)
+    shifted = [PrivateRun(r.path, r.point_id, r.delta, f"p{i}", r.ledgers, False) for i, r in enumerate(runs)]
+    eps_rdp, method, _ = sweep.grid_tuning_epsilon(shifted, tuning["delta"])
+    assert method == "rdp-max-per-run" and eps_rdp >= tuning["epsilon"] * 0.95
+
+
+def test_resume_skips_finished_points_and_reruns_incomplete_ones(tiny: sweep.SweepOutcome,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = sim.simulate
+
+    def counting(cfg, **kwargs):
+        calls.append(str(kwargs.get("run_path")))
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(sim, "simulate", counting)
+    spec = spec_from_dict(TINY)
+    with pytest.raises(SweepError, match="--resume"):
+        run_sweep(spec, tiny.out, jobs=1)
+    again = run_sweep(spec, tiny.out, jobs=1, resume=True)
+    assert calls == [] and again.reused == 5 and again.ran == 0
+    victim = next(p for p in again.points if p.kind == "private")
+    (tiny.out / "runs" / victim.id / "summary.json").unlink()  # as if killed before the end
+    third = run_sweep(spec, tiny.out, jobs=1, resume=True)
+    assert len(calls) == 1 and victim.id in calls[0] and third.ran == 1 and third.reused == 4
+    assert (tiny.out / "attempts" / f"{victim.id}-1" / "ledgers").is_dir()
+    tuning = json.loads((tiny.out / "tuning.json").read_text())
+    assert tuning["private_runs"] == 5  # the unfinished attempt's releases were spent: they count
+
+
+def test_a_failing_point_is_recorded_while_the_others_finish(tmp_path: Path) -> None:
+    spec = spec_from_dict({"base": BASE, "grid": {"noise-multiplier": [1.0], "max-grad-norm": [1.0, -1.0],
+                                                  "model": ["mlp", "cnn"]}})
+    outcome = run_sweep(spec, tmp_path / "s", jobs=1)
+    by_status: dict[str, list[dict]] = {}
+    for row in outcome.rows:
+        by_status.setdefault(row["status"], []).append(row)
+    errors = " ".join(r["error"] for r in by_status["failed"])
+    assert "max-grad-norm=-1.0 is not valid" in errors  # invalid before anything ran
+    assert "cnn" in errors  # cnn does not fit 8x8 digits: fails in preflight, inside its point
+    assert len(by_status["ok"]) == 2  # mlp private + its baseline
+    assert outcome.failed == len(by_status["failed"])
+    assert "Failed points" in (outcome.out / "report.md").read_text()
+
+
+def test_run_directory_ships_back_without_checkpoints(tiny: sweep.SweepOutcome, tmp_path: Path) -> None:
+    src = next(p for p in (tiny.out / "runs").iterdir() if (p / "summary.json").exists())
+    target = tmp_path / "runs" / src.name
+    sweep.unpack_run(sweep.pack_run(src), target, tmp_path / "attempts")
+    assert sweep.run_complete(target) and not (target / "checkpoints").exists()
+    assert (target / "summary.json").read_text() == (src / "summary.json").read_text()
+
+
+def test_pareto_front_and_seed_groups() -> None:
+    def g(key: str, eps: float, acc: float) -> Group:
+        return Group(key=key, kind="private", params={}, setting="{}", eps_mean=eps, acc_mean=acc)
+
+    groups = [g("a", 1, 0.6), g("b", 2, 0.7), g("c", 2, 0.65), g("d", 4, 0.7), g("e", 8, 0.8)]
+    assert [x.key for x in pareto_front(groups)] == ["a", "b", "e"]
+    rows = [{"id": f"p{s}", "kind": "private", "params": {"target-epsilon": 1.0, "seed": s}, "status": "ok",
+             "final_accuracy": acc, "best_accuracy": acc, "epsilon": eps, "accuracy_by_round": [acc],
+             "not_private": False} for s, acc, eps in ((1, 0.5, 1.0), (2, 0.7, 1.2))]
+    (group,) = sweep_report_groups(rows)
+    assert group.acc_mean == pytest.approx(0.6) and group.acc_sd == pytest.approx(math.sqrt(0.02))
+    assert group.eps_mean == pytest.approx(1.1) and len(group.ids) == 2
+
+
+def sweep_report_groups(rows: list[dict]) -> list[Group]:
+    from simulations.sweep_report import group_rows
+
+    return group_rows(rows, {"target-epsilon"})
+
+
+# --- command line, worker processes ---------------------------------------------------------------------------------
+def test_cli_runs_points_in_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from simulations import cli
+
+    def main(argv: list[str]) -> int:
+        monkeypatch.setattr(cli, "EXTRA_COMMANDS", [])  # cli.main registers its extra commands on every call
+        return cli.main(argv)
+
+    out = tmp_path / "cli"
+    code = main(["sweep", "--dataset", "digits", "--model", "mlp", "--num-clients", "2", "--num-server-rounds",
+                 "1", "--delta", "1e-5", "--grid", "noise-multiplier=1.0", "--jobs", "2", "--out", str(out)])
+    assert code == 0
+    rows = _rows(out)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    pids = {json.loads((out / r["run_dir"] / "point.json").read_text())["pid"] for r in rows}
+    assert os.getpid() not in pids  # ran in worker processes, not in this one
+    assert main(["sweep", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+# --- Ray: a local two-node cluster ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
+    """`ray start --block` in its own session, so the whole node stops with one signal to its group."""
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    return subprocess.Popen([ray_bin, "start", "--block", "--disable-usage-stats", "--node-ip-address",
+                             "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(200 * 1024**2), *args],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_tiny_sweep_on_a_two_node_ray_cluster(tmp_path: Path) -> None:
+    import ray
+
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="dpfl-ray-", dir="/tmp"))  # Unix socket paths must stay short
+    head = _ray_start(["--head", "--port", str(port), "--temp-dir", str(ray_tmp), "--include-dashboard",
+                       "false"], tmp_path / "head.log")
+    nodes = [head]
+    try:
+        deadline = time.time() + 90
+        while "Ray runtime started" not in (tmp_path / "head.log").read_text():
+            assert head.poll() is None and time.time() < deadline, (tmp_path / "head.log").read_text()
+            time.sleep(1)
+        nodes.append(_ray_start(["--address", address], tmp_path / "node.log"))
+        ray.init(address=address)
+        try:
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                assert time.time() < deadline, (tmp_path / "node.log").read_text()
+                time.sleep(1)
+        finally:
+            ray.shutdown()
+        outcome = run_sweep(spec_from_dict(TINY), tmp_path / "sweep", jobs=2, engine="ray", ray_address=address)
+        assert {r["status"] for r in outcome.rows} == {"ok"} and len(outcome.rows) == 5
+        assert (outcome.out / "report.html").exists()
+        nodes_used = {json.loads((outcome.out / r["run_dir"] / "point.json").read_text()).get("node")
+                      for r in outcome.rows}
+        assert len(nodes_used) == 2, nodes_used  # both nodes ran points
+    finally:
+        for proc in reversed(nodes):
+            _stop(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
