@@ -25,7 +25,7 @@ from client.randomness import dp_generators, pick_device
 from client.training import TrainSettings, train_locally
 from models import build_model
 from models.evaluation import evaluate_model
-from privacy import DpSgdRelease, calibrate_noise, check_budget, epsilon, steps_per_round, wire
+from privacy import DpSgdRelease, calibrate_noise, check_budget, effective_budget, epsilon, steps_per_round, wire
 
 log = logging.getLogger("dpfl.client")
 
@@ -71,10 +71,7 @@ def noise_multiplier_for(cfg: Mapping[str, Any], declared: int, delta: float) ->
 
 def epsilon_budget(cfg: Mapping[str, Any]) -> float:
     """The per-client budget a release must stay within (0: none). A target epsilon is a budget too."""
-    budget, target = float(cfg["epsilon-budget"]), float(cfg["target-epsilon"])
-    if budget and target:
-        return min(budget, target)
-    return budget or target
+    return effective_budget(float(cfg["epsilon-budget"]), float(cfg["target-epsilon"]))
 
 
 def _state_dir(cfg: Mapping[str, Any], run_path: str) -> str:

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from models import build_model
 from models.evaluation import evaluate_model
+from privacy import effective_budget
 from server.federation import FederationResult, LogReporter, Reporter, run_federation
 from server.roster import Roster
 from server.rundir import RunDirectory
@@ -130,8 +131,7 @@ def _max_participations(cfg: Mapping[str, Any]) -> int:
 
 
 def _budget(cfg: Mapping[str, Any]) -> float:
-    budget, target = float(cfg["epsilon-budget"]), float(cfg["target-epsilon"])
-    return min(budget, target) if budget and target else (budget or target)
+    return effective_budget(float(cfg["epsilon-budget"]), float(cfg["target-epsilon"]))
 
 
 def build_server_app(setup: Callable[[Context], ServerSetup]) -> ServerApp:
