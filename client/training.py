@@ -19,6 +19,7 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
+from client.dp_modes import resolve_auto
 from privacy import steps_per_round
 
 
@@ -64,6 +65,7 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
     The schedule (q, steps) comes from ``privacy.steps_per_round`` - the same function the
     server and the accountant use - so what runs is exactly what the ledger says.
     """
+    settings = resolve_auto(settings, model)
     n = int(y.shape[0])
     sample_rate, steps = steps_per_round(n, settings.batch_size, settings.local_epochs)
     model.to(device)

@@ -48,6 +48,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     from server.app import privacy_statement
     from simulations.progress import RichReporter
+    from simulations.ray_engine import RayEngineError
     from simulations.simulate import preflight, simulate
 
     try:
@@ -68,10 +69,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: the run directory keeps every finished round and all ledgers")
         return 130
+    except RayEngineError as exc:  # the Ray run failed in its own processes; the message names the logs
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}")
+        return 1
     result = outcome.result
-    if result is None:  # Ray engine prints its own log; the run directory holds the outcome
-        console.print(f"run directory: {outcome.run_path}")
-        return 0
+    if result is None:  # engines in other processes (Ray): the ServerApp wrote summary.json
+        from simulations.launch import load_summary, result_from_summary
+
+        result = result_from_summary(load_summary(outcome.run_path) or {})
     _print_summary(cfg, result, outcome.run_path, privacy_statement(cfg.as_dict()))
     return 0 if not result.stop_reason or result.rounds_completed > 0 else 1
 

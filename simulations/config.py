@@ -112,8 +112,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("delta", 0.0, "delta of the (epsilon, delta) guarantee (0: 1 / (10 x total declared records))",
            check=_open_unit_or_zero, allowed="0 (auto) or a number in (0, 1)"),
     Option("accountant", "pld", "accountant for reported epsilon", choices=("pld", "prv", "rdp")),
-    Option("grad-sample-mode", "hooks", "how per-sample gradients are computed",
-           choices=("hooks", "ghost", "functorch")),
+    Option("grad-sample-mode", "auto", "how per-sample gradients are computed (auto: the fastest exact mode "
+           "measured for the model, see bench/dp_step.py)", choices=("auto", "hooks", "ghost", "functorch")),
     Option("private-metrics", False, "also send loss/accuracy on clients' private data (NOT covered by DP)"),
     Option("deterministic-noise", False, "TEST ONLY: seed noise from --seed; the run is NOT PRIVATE"),
     # run

@@ -390,7 +390,8 @@ FLOWER_NOISE = re.compile(
 IMPORTANT = re.compile(r"ERROR|CRITICAL|Traceback|Exception|Error:|error:|Killed|FAILED", re.IGNORECASE)
 WARNING = re.compile(r"WARN", re.IGNORECASE)
 KNOWN_NOISE = re.compile(r"--insecure|SuperNode authentication is disabled|FutureWarning: Tip|"
-                         r"warnings\.warn\(|Since flwr 1\.32|RAY_DEDUP_LOGS|Manually terminating ClientAppActor")
+                         r"warnings\.warn\(|Since flwr 1\.32|RAY_DEDUP_LOGS|"
+                         r"Manually terminating ClientAppActor")
 STYLES = ("green", "yellow", "blue", "magenta", "cyan", "bright_green", "bright_yellow", "bright_blue")
 
 

@@ -265,6 +265,8 @@ def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _make_point(base: Mapping[str, Any], params: dict[str, Any], *, trial: int | None = None) -> Point:
     raw = {**base, **_overrides(params)}
+    if "noise-multiplier" in raw and "target-epsilon" not in raw:
+        raw["target-epsilon"] = 0.0  # as on the command line: an explicit sigma means no calibration
     try:
         cfg = resolve(raw).as_dict()
     except ConfigError as exc:
@@ -286,7 +288,7 @@ def _baseline_of(base: Mapping[str, Any], params: Mapping[str, Any], *, trial: i
         else:
             stripped[label] = None if label in PRIVACY_KEYS else value
     base_np = {k: v for k, v in base.items() if k not in PRIVACY_KEYS}
-    point = _make_point({**base_np, "dp": False}, stripped, trial=trial)
+    point = _make_point({**base_np, "dp": False, "target-epsilon": 0.0}, stripped, trial=trial)
     point.kind = "baseline"
     return point
 
@@ -716,6 +718,22 @@ def pld_delta(releases: Iterable[ReleaseKey], eps: float) -> float:
     return float(_pld_accountant(ms).get_delta(eps)) if ms else 0.0
 
 
+def pld_deltas(releases: Iterable[ReleaseKey], eps: Sequence[float]) -> np.ndarray:
+    """delta at many epsilons at once (the PLD answers a sorted vector in one pass)."""
+    ms = _multiset(releases)
+    values = np.asarray(eps, dtype=float)
+    if not ms:
+        return np.zeros(len(values))
+    acc = _pld_accountant(ms)
+    pld = getattr(acc, "_pld", None)
+    if pld is None:  # a future dp_accounting without the attribute: one query per epsilon
+        return np.array([float(acc.get_delta(e)) for e in values])
+    order = np.argsort(values)
+    out = np.empty(len(values))
+    out[order] = np.asarray(pld.get_delta_for_epsilon(values[order]), dtype=float)
+    return out
+
+
 @lru_cache(maxsize=65536)
 def _release_rdp(sigma: float, q: float, steps: int) -> np.ndarray:
     from opacus.accountants.analysis import rdp as opacus_rdp
@@ -738,6 +756,11 @@ def rdp_to_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[float] = RDP_
     return float(eps)
 
 
+def poisson_eps_hat(orders: Sequence[float] = RDP_ORDERS) -> np.ndarray:
+    """The largest eps_hat the Poisson theorem allows at each order: log(1 + 1/(lambda - 1))."""
+    return np.log1p(1.0 / (np.asarray(orders, dtype=float) - 1.0))
+
+
 def poisson_tuning_rdp(rdp: np.ndarray, delta_hat: Callable[[float], float], mu: float,
                        orders: Sequence[float] = RDP_ORDERS) -> np.ndarray:
     """RDP of "run Q K ~ Poisson(mu) times, release the best" (Papernot & Steinke 2022, Poisson case).
@@ -745,10 +768,10 @@ def poisson_tuning_rdp(rdp: np.ndarray, delta_hat: Callable[[float], float], mu:
     If Q is (lambda, eps)-RDP and (eps_hat, delta_hat)-DP with e^eps_hat <= 1 + 1/(lambda - 1), the tuned
     algorithm is (lambda, eps + mu * delta_hat + log(mu) / (lambda - 1))-RDP. For each order we take the
     largest allowed eps_hat = log(1 + 1/(lambda - 1)) and Q's tightest delta there (``delta_hat``)."""
+    eps_hats = poisson_eps_hat(orders)
     out = np.empty(len(orders))
     for i, lam in enumerate(orders):
-        eps_hat = math.log1p(1.0 / (lam - 1.0))
-        out[i] = rdp[i] + mu * delta_hat(eps_hat) + math.log(mu) / (lam - 1.0)
+        out[i] = rdp[i] + mu * delta_hat(float(eps_hats[i])) + math.log(mu) / (lam - 1.0)
     return out
 
 
@@ -857,11 +880,12 @@ def random_tuning_epsilon(trial_runs: Sequence[PrivateRun], extra_runs: Sequence
     else:
         rdp_q = np.zeros(len(RDP_ORDERS))
     if distribution == "poisson":
-
-        def delta_hat(eps_hat: float) -> float:
-            return max((pld_delta(k, eps_hat) for k in distinct.values()), default=0.0)
-
-        rdp = poisson_tuning_rdp(rdp_q, delta_hat, mean)
+        eps_hats = poisson_eps_hat()
+        worst = np.zeros(len(eps_hats))
+        for keys in distinct.values():
+            worst = np.maximum(worst, pld_deltas(keys, eps_hats))
+        table = dict(zip(eps_hats.tolist(), worst.tolist(), strict=True))
+        rdp = poisson_tuning_rdp(rdp_q, lambda e: table[e], mean)
         method = "papernot-steinke-poisson"
         notes.append(f"K ~ Poisson({mean:g}) trials; Q's RDP and delta_hat are the max over the trials run "
                      "and their clients")
@@ -973,7 +997,8 @@ def compute_tuning(out: Path, spec: SweepSpec, points: Sequence[Point], rows: Se
         extra = [r for r in runs if r not in trial_runs]
         eps, method, notes = random_tuning_epsilon(trial_runs, extra, delta, spec.random.distribution,
                                                    spec.random.trials, spec.random.eta)
-        privacy_random = sorted(set(spec.random.params) & PRIVACY_KEYS)
+        privacy_random = sorted((set(spec.random.params) & PRIVACY_KEYS)
+                                | {k for k, v in spec.grid.items() if is_privacy_axis(k, v)})
         if privacy_random:
             notes.append(f"{', '.join(privacy_random)} is drawn at random: the bound takes Q's privacy as "
                          "the least private trial that ran; a draw that did not happen could have been less "
@@ -1075,8 +1100,31 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, jobs: int = 1, engine: str = 
         raise SweepError(f"--engine {engine!r} is not valid: expected local or ray")
     if jobs < 1:
         raise SweepError(f"--jobs {jobs} is not valid: expected an integer >= 1")
-    points, trials = plan_sweep(spec, out, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
+    with _sweep_lock(out):
+        return _run_locked(spec, out, jobs=jobs, engine=engine, ray_address=ray_address, resume=resume,
+                           threads=threads, progress=progress, report=report, t0=t0)
+
+
+@contextlib.contextmanager
+def _sweep_lock(out: Path) -> Iterator[None]:
+    """One sweep process per directory: two would archive and rerun each other's running points."""
+    import fcntl
+
+    with open(out / ".sweep.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"another dpfl sweep is running in {out}; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_locked(spec: SweepSpec, out: Path, *, jobs: int, engine: str, ray_address: str | None, resume: bool,
+                threads: int, progress: Progress | None, report: bool, t0: float) -> SweepOutcome:
+    points, trials = plan_sweep(spec, out, resume=resume)
     (out / "runs").mkdir(exist_ok=True)
     _save_plan(out, spec, points, trials)
     token_file = out / ".sweep-token"

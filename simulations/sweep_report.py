@@ -124,7 +124,7 @@ def group_rows(rows: Sequence[Mapping[str, Any]], private_axes: set[str]) -> lis
         setting = {k: v for k, v in params.items() if k not in private_axes}
         key = json.dumps([row["kind"], params], sort_keys=True, default=str)
         g = groups.setdefault(key, Group(key=key, kind=row["kind"], params=params,
-                                         setting=json.dumps(setting, sort_keys=True, default=str)))
+                                         setting=json.dumps(setting, default=str)))
         g.ids.append(row["id"])
     by_id = {r["id"]: r for r in rows}
     for g in groups.values():
@@ -222,7 +222,7 @@ def plot_accuracy_vs_epsilon(groups: Sequence[Group]) -> bytes:
     ax.set_ylabel("final test accuracy (mean ± sd over seeds)")
     ax.set_title("Accuracy vs privacy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     return _png(fig)
 
 

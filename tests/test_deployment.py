@@ -95,7 +95,8 @@ def assert_nothing_left(fed: dict) -> None:
     assert pids_with_marker(fed["marker"]) == []
     ports = [int(fed["superlink_address"].rsplit(":", 1)[1])] + [c["port"] for c in fed["clients"].values()]
     assert not set(ports) & listening_ports(), f"ports still listening: {set(ports) & listening_ports()}"
-    ps = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True,
+                        text=True).stdout.splitlines()
     home = str(Path(fed["flower_home"]).parent)
     stray = [line for line in ps if ("flower-" in line or "flwr" in line) and " Z" not in line
              and (home in line or any(f":{p}" in line for p in ports))]
@@ -148,9 +149,9 @@ def test_certificates_verify_over_a_real_tls_handshake(tmp_path: Path) -> None:
 def test_supervisor_stops_detached_grandchildren_and_frees_ports(tmp_path: Path) -> None:
     """Flower's SuperExec runs in a new session, so process groups are not enough: the marker is."""
     port = free_ports(1)[0]
-    script = (f"import subprocess, sys, socket, time\n"
-              f"subprocess.Popen([sys.executable, '-c', 'import socket,time; s=socket.create_server((\"127.0.0.1\", "
-              f"{port})); time.sleep(600)'], start_new_session=True)\n"
+    grandchild = f"import socket, time; s = socket.create_server(('127.0.0.1', {port})); time.sleep(600)"
+    script = (f"import subprocess, sys, time\n"
+              f"subprocess.Popen([sys.executable, '-c', {grandchild!r}], start_new_session=True)\n"
               "print('started', flush=True); time.sleep(600)\n")
     lines: list[str] = []
     sup = Supervisor(tmp_path / "logs", lambda proc, line: lines.append(line), grace=1.0)
@@ -184,7 +185,8 @@ def test_log_printer_shows_rounds_and_errors_hides_flower_chatter() -> None:
     printer(None, "ValueError: boom", name="client-1")
     text = out.getvalue()
     assert "[server] 18:26:45 dpfl round   1/2" in text
-    assert "flwr-serverapp" not in text and "aggregate_train" not in text and "Received successfully" not in text
+    assert "flwr-serverapp" not in text and "aggregate_train" not in text
+    assert "Received successfully" not in text
     assert text.count("something odd") == 1
     assert "[client-1] ValueError: boom" in text and 'File "x.py"' in text
 
@@ -223,8 +225,8 @@ def test_launched_federation_matches_in_process_simulation(tmp_path: Path) -> No
     from simulations.simulate import simulate
 
     run_path = tmp_path / "launched"
-    launch = start_dpfl("launch", "--clients", "2", *cli_flags({**BASE, "run-dir": tmp_path, "run-name": "launched"}),
-                        log=tmp_path / "launch.out")
+    flags = cli_flags({**BASE, "run-dir": tmp_path, "run-name": "launched"})
+    launch = start_dpfl("launch", "--clients", "2", *flags, log=tmp_path / "launch.out")
     try:  # the in-process reference runs meanwhile: the federation mostly waits on Flower's 3 s polling
         cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "inprocess", "workers": 1})
         simulate(cfg, run_path=tmp_path / "inprocess")

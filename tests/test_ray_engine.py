@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from simulations.config import resolve
-from simulations.launch import Supervisor, free_ports, listening_ports, load_summary, pids_with_marker, repo_root
+from simulations.launch import (
+    Supervisor,
+    free_ports,
+    listening_ports,
+    load_summary,
+    pids_with_marker,
+    repo_root,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None or shutil.which("flwr") is None,
@@ -26,8 +33,8 @@ BASE = {"dataset": "digits", "model": "mlp", "num-clients": 2, "num-server-round
 
 
 def local_superlinks(marker: str) -> list[str]:
-    """Live `flower-superlink --simulation` processes whose command line names ``marker`` (their FLWR_HOME)."""
-    ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout.splitlines()
+    """Live `flower-superlink` processes whose command line names ``marker`` (their FLWR_HOME)."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "stat,args"], capture_output=True, text=True).stdout.splitlines()
     return [line for line in ps if "flower-superlink" in line and marker in line and not line.startswith("Z")]
 
 
@@ -100,7 +107,8 @@ def test_flower_native_flwr_run_smoke(tmp_path: Path) -> None:
     assert any("round   1/1" in line for line in lines)
 
 
-def test_ray_engine_refuses_without_a_source_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_ray_engine_refuses_without_a_source_checkout(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
     import simulations.ray_engine as ray_engine
     from simulations.launch import LaunchError
 
