@@ -85,10 +85,14 @@ def _frac_terms(q: float, sigma: float, rows: np.ndarray, n: int
     return log_s0, log_s1, sign
 
 
-def _signed_log_sum(log_s: np.ndarray, sign: np.ndarray) -> float:
-    m = float(np.max(log_s))
-    total = float(np.sum(sign * np.exp(log_s - m)))
-    return m + math.log(total) if total > 0 else -math.inf
+def _signed_log_sums(log_s: np.ndarray, sign: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Per row, log(sum_{i < last} sign_i exp(log_s_i)); -inf where that sum is not positive."""
+    cols = np.arange(log_s.shape[1])[None, :]
+    masked = np.where(cols < last[:, None], log_s, -np.inf)
+    m = masked.max(axis=1)
+    total = np.sum(sign * np.exp(masked - m[:, None]), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, m + np.log(total), -np.inf)
 
 
 def _log_a_frac(q: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -96,38 +100,37 @@ def _log_a_frac(q: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
 
     Opacus adds signed terms until both halves are below e^-30. dp-accounting adds absolute values and
     stops once both halves decrease and are e^-30 below the running total, or returns infinity (the
-    order is then ignored) after 1000 terms. Terms are computed in growing chunks: most orders need few.
+    order is then ignored) after 1000 terms. Terms are computed for all unfinished orders at once, in
+    growing blocks (64, 1024, then 4x): most orders need few terms, a few near 1 need thousands.
     """
-    k = len(_FRAC_ORDERS)
-    log_a_op, log_a_dp = np.full(k, np.nan), np.full(k, np.nan)
-    n = 64
-    while True:
-        rows = np.nonzero(np.isnan(log_a_op) | np.isnan(log_a_dp))[0]
-        if not rows.size:
-            return log_a_op, log_a_dp
+    log_a_op = np.full(len(_FRAC_ORDERS), np.nan)
+    log_a_dp = np.full(len(_FRAC_ORDERS), np.nan)
+    rows, n = np.arange(len(_FRAC_ORDERS)), 64
+    while rows.size:
         log_s0, log_s1, sign = _frac_terms(q, sigma, rows, n)
-        # dp-accounting
-        m = min(n, _DPACC_MAX_TERMS)
-        s0, s1 = log_s0[:, :m], log_s1[:, :m]
-        total = np.logaddexp(np.logaddexp.accumulate(s0, axis=1), np.logaddexp.accumulate(s1, axis=1))
-        stop = np.zeros_like(s0, dtype=bool)
-        stop[:, 1:] = ((s0[:, 1:] < s0[:, :-1]) & (s1[:, 1:] < s1[:, :-1])
-                       & (np.maximum(s0[:, 1:], s1[:, 1:]) < total[:, 1:] - 30))
-        for r, row in enumerate(rows):
-            if np.isnan(log_a_dp[row]):
-                if stop[r].any():
-                    log_a_dp[row] = total[r, int(stop[r].argmax())]
-                elif n >= _DPACC_MAX_TERMS:
-                    log_a_dp[row] = np.inf
-        # Opacus
-        below = np.maximum(log_s0, log_s1) < _OPACUS_STOP
-        for r, row in enumerate(rows):
-            if np.isnan(log_a_op[row]) and (below[r].any() or n >= _OPACUS_MAX_TERMS):
-                last = int(below[r].argmax()) + 1 if below[r].any() else n
-                a0 = _signed_log_sum(log_s0[r, :last], sign[r, :last])
-                a1 = _signed_log_sum(log_s1[r, :last], sign[r, :last])
-                log_a_op[row] = np.logaddexp(a0, a1)
-        n = _DPACC_MAX_TERMS if n < _DPACC_MAX_TERMS else n * 4
+        need = np.isnan(log_a_dp[rows])
+        if need.any():  # dp-accounting
+            m = min(n, _DPACC_MAX_TERMS)
+            s0, s1 = log_s0[need, :m], log_s1[need, :m]
+            total = np.logaddexp(np.logaddexp.accumulate(s0, axis=1), np.logaddexp.accumulate(s1, axis=1))
+            stop = np.zeros_like(s0, dtype=bool)
+            stop[:, 1:] = ((s0[:, 1:] < s0[:, :-1]) & (s1[:, 1:] < s1[:, :-1])
+                           & (np.maximum(s0[:, 1:], s1[:, 1:]) < total[:, 1:] - 30))
+            found = stop.any(axis=1)
+            given_up = np.inf if n >= _DPACC_MAX_TERMS else np.nan
+            log_a_dp[rows[need]] = np.where(found, total[np.arange(len(s0)), stop.argmax(axis=1)], given_up)
+        need = np.isnan(log_a_op[rows])
+        if need.any():  # Opacus
+            s0, s1, sg = log_s0[need], log_s1[need], sign[need]
+            below = np.maximum(s0, s1) < _OPACUS_STOP
+            done = below.any(axis=1) | (n >= _OPACUS_MAX_TERMS)
+            last = np.where(below.any(axis=1), below.argmax(axis=1) + 1, n)[done]
+            a0 = _signed_log_sums(s0[done], sg[done], last)
+            a1 = _signed_log_sums(s1[done], sg[done], last)
+            log_a_op[rows[need][done]] = np.logaddexp(a0, a1)
+        rows = rows[np.isnan(log_a_op[rows]) | np.isnan(log_a_dp[rows])]
+        n = _TABLE_TERMS if n < _TABLE_TERMS else n * 4
+    return log_a_op, log_a_dp
 
 
 def rdp_one_step(noise_multiplier: float, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:

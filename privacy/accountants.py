@@ -193,7 +193,10 @@ def _prv_delta(releases: Sequence[Release], eps: float, rel_tol: float = 0.01) -
     epsilon upper bound is <= eps, starting from PLD's (tight) answer. Returns the upper end."""
 
     def ok(d: float) -> bool:
-        return epsilon(releases, d, "prv") <= eps
+        try:
+            return epsilon(releases, d, "prv") <= eps
+        except ValueError:  # PRV cannot resolve a delta this small: it certifies nothing there
+            return False
 
     hi = min(0.5, max(2 * delta_for_epsilon(releases, eps, "pld"), 1e-300))
     while not ok(hi):

@@ -7,7 +7,7 @@ import numbers
 from collections.abc import Callable
 from functools import lru_cache
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, UnknownAccountantError, epsilon
+from privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT, UnknownAccountantError, epsilon
 from privacy.releases import DpSgdRelease, validate_release_params
 
 __all__ = ["MAX_SIGMA", "MIN_SIGMA", "calibrate_noise", "steps_per_round"]
@@ -50,7 +50,7 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     answer first (fast, and no tighter than PLD/PRV); the requested accountant then bisects.
     Raises ValueError for invalid inputs or when sigma would have to exceed MAX_SIGMA.
     """
-    if accountant not in ("pld", "prv", "rdp"):
+    if accountant not in ACCOUNTANTS:
         raise UnknownAccountantError(accountant)
     validate_release_params(1.0, sample_rate, steps_per_round)
     if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, numbers.Real) \

@@ -85,9 +85,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fraction-evaluate", 0.0, "fraction of clients for client-side evaluation (0: off; their "
            "metrics are computed on private data and are not DP)", check=_fraction_or_zero,
            allowed="a number in [0, 1]"),
-    Option("local-epochs", 1, "local epochs per round (in expectation, with Poisson sampling)",
+    Option("local-epochs", 2, "local epochs per round (in expectation, with Poisson sampling)",
            check=lambda v: v >= 1, allowed="an integer >= 1"),
-    Option("batch-size", 64, "expected batch size (Poisson sampling rate = batch-size / declared records)",
+    Option("batch-size", 128, "expected batch size (Poisson sampling rate = batch-size / declared records)",
            check=lambda v: v >= 1, allowed="an integer >= 1"),
     Option("optimizer", "sgd", "local optimizer", choices=("sgd", "adam")),
     Option("learning-rate", 0.1, "local learning rate", check=_positive, allowed="a number > 0"),

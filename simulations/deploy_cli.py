@@ -8,7 +8,6 @@ before any process starts, like every other dpfl command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import re
 import tempfile
@@ -271,12 +270,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     console.print("Submit the run from this machine (source checkout):")
     console.print(f"  FLWR_HOME={home} flwr run {root} dpfl --run-config {run_config} --stream")
     console.print(f"  (federation entry in {home / 'config.toml'}; run directory {run_path})")
-    return _serve(args, cfg, certs, host, port, home, run_config, run_path, superlink_command(
-        host, port, certs, database=Path(args.database).expanduser().resolve() if args.database else None))
+    database = Path(args.database).expanduser().resolve() if args.database else None
+    command = superlink_command(host, port, certs, database=database)
+    return _serve(args, cfg, home, run_config, run_path, command)
 
 
-def _serve(args: argparse.Namespace, cfg: RunConfig, certs, host: str, port: int,  # noqa: ANN001
-           home: Path, run_config: Path, run_path: Path, command: list[str]) -> int:
+def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Path, run_path: Path,
+           command: list[str]) -> int:
     """Supervise the SuperLink in the foreground; with --submit, also wait for clients and run."""
     from simulations.launch import (
         LaunchError,
@@ -284,6 +284,7 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, certs, host: str, port: int
         Supervisor,
         Terminated,
         flwr_run_command,
+        interrupts_deferred,
         load_summary,
         repo_root,
         run_exit_code,
@@ -291,7 +292,8 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, certs, host: str, port: int
     )
 
     console = _console()
-    log_dir = Path(tempfile.mkdtemp(prefix="dpfl-server-logs-")) if not args.submit else run_path / "logs"
+    log_dir = run_path / "logs" if args.submit else home / "logs"
+    console.print(f"  (process logs in {log_dir}; Ctrl-C stops the SuperLink)")
     printer = LogPrinter(console, verbose=_verbose(args), merged_log=log_dir / "server-side.log")
     sup = Supervisor(log_dir, printer)
     code = 0
@@ -334,7 +336,7 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, certs, host: str, port: int
         console.print(f"[bold red]error:[/] {exc}")
         code = 1
     finally:
-        with contextlib.suppress(KeyboardInterrupt):
+        with interrupts_deferred():
             sup.stop_all()
         printer.close()
     return code
@@ -349,6 +351,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         Supervisor,
         Terminated,
         free_ports,
+        interrupts_deferred,
         node_config_string,
         sigterm_as_exception,
         supernode_command,
@@ -409,7 +412,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         console.print(f"[bold red]error:[/] {exc}")
         code = 1
     finally:
-        with contextlib.suppress(KeyboardInterrupt):
+        with interrupts_deferred():
             sup.stop_all()
         printer.close()
         if home_tmp:

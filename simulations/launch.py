@@ -381,13 +381,27 @@ def sigterm_as_exception() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM during cleanup: a second Ctrl-C must not leave half the processes running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # --- log display ------------------------------------------------------------------------------------------
 FLOWER_NOISE = re.compile(
     r"^\s*$|^\s*(INFO|DEBUG)\s*:|^\S+\s+(INFO|DEBUG)\s+\[|^INFO:\s|^[\d/]+ [\d:]+:(INFO|DEBUG):|"
     r"^(Using SuperLink|Successfully installed|Starting local SuperLink|Flower App configuration warnings|"
     r"- Recommended property|Flower configuration not found)"
 )
-IMPORTANT = re.compile(r"ERROR|CRITICAL|Traceback|Exception|Error:|error:|Killed|FAILED", re.IGNORECASE)
+IMPORTANT = re.compile(r"ERROR|CRITICAL|Traceback|Exception|Error:|error:|Killed|FAILED")
 WARNING = re.compile(r"WARN", re.IGNORECASE)
 KNOWN_NOISE = re.compile(r"--insecure|SuperNode authentication is disabled|FutureWarning: Tip|"
                          r"warnings\.warn\(|Since flwr 1\.32|RAY_DEDUP_LOGS|"
@@ -672,7 +686,7 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
     tmp = Path(tempfile.mkdtemp(prefix="dpfl-launch-"))
     sup = Supervisor(log_dir, printer)
     result = LaunchResult(exit_code=1, run_path=run_path, summary=None)
-    threads = client_threads or max(1, (os.cpu_count() or 1) // n)
+    threads = str(client_threads or os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // n))
     try:
         with sigterm_as_exception():
             link_port, *node_ports = free_ports(1 + n)
@@ -696,8 +710,7 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
                 node_cfg = {"partition-id": k, "num-partitions": n}
                 nodes[name] = sup.start(
                     name, supernode_command(link_addr, node_ports[k], node_cfg, ca),
-                    env={"FLWR_HOME": str(tmp / name), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
-                                                                                        str(threads))})
+                    env={"FLWR_HOME": str(tmp / name), "OMP_NUM_THREADS": threads})
 
             _wait(lambda: port_listening(link_port), startup_timeout, f"flower-superlink on {link_addr}",
                   failed=superlink_failed)
@@ -759,7 +772,7 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
         result.exit_code, result.message = 1, str(exc)
     finally:
         watched_ports = set(sup.ports_seen)
-        with contextlib.suppress(KeyboardInterrupt):
+        with interrupts_deferred():
             result.leftover_pids = sup.stop_all()
         watched_ports |= sup.ports_seen
         result.leftover_ports = sorted(p for p in watched_ports if port_listening(p))

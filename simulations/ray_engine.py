@@ -25,6 +25,7 @@ from simulations.launch import (
     Supervisor,
     absolute_paths,
     free_ports,
+    interrupts_deferred,
     load_summary,
     port_listening,
     repo_root,
@@ -77,7 +78,8 @@ def simulate_on_ray(cfg: RunConfig, run_path: Path, *, console: Console | None =
                 time.sleep(0.2)
             proc.wait_output(5.0)
     finally:
-        leftovers = sup.stop_all()  # the detached local SuperLink and its SuperExec carry our marker
+        with interrupts_deferred():
+            leftovers = sup.stop_all()  # the detached local SuperLink and its SuperExec carry our marker
         printer.close()
         with contextlib.suppress(OSError):
             shutil.copy(home / "local-superlink" / "superlink.log", log_dir / "superlink.log")

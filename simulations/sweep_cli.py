@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,7 +37,7 @@ SWEEP_TABLES = {"sweep", "base", "grid", "random"}
 
 
 def _fail(message: str) -> int:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
     return EXIT_BAD_INPUT
 
 
@@ -130,9 +131,10 @@ class RichSweepProgress:
             acc, eps = outcome.get("final_accuracy"), outcome.get("epsilon")
             acc_text = f"acc {acc:.4f}" if isinstance(acc, float) else "acc n/a"
             eps_text = "ε ∞ (no DP)" if eps is None else f"ε {eps:.3f}"
-            line = f"[green]✓[/] {point.id} {point.kind:<8} {acc_text}  {eps_text}  {wall}  {params}"
+            line = f"[green]✓[/] {point.id} {point.kind:<8} {acc_text}  {eps_text}  {wall}  {escape(params)}"
         else:
-            line = f"[red]✗[/] {point.id} {point.kind:<8} {outcome.get('error', '')}  {wall}  {params}"
+            error = escape(str(outcome.get("error", "")))
+            line = f"[red]✗[/] {point.id} {point.kind:<8} {error}  {wall}  {escape(params)}"
         self.console.print(line, highlight=False)
         if self.progress is not None:
             self.progress.advance(self.task)
@@ -157,14 +159,17 @@ def print_results(console: Console, outcome: Any, axes: list[str]) -> None:
         acc = f"{r['final_accuracy']:.4f}" if r["final_accuracy"] is not None else ""
         best = f"{r['best_accuracy']:.4f}" if r["best_accuracy"] is not None else ""
         wall = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else ""
-        status = r["status"] if r["status"] != "failed" else f"[red]failed[/]: {r['error'][:80]}"
-        table.add_row(r["id"], r["kind"], status, *(fmt_value(r["params"].get(a)) for a in axes), acc, best,
-                      eps, wall)
+        status = r["status"] if r["status"] != "failed" else "[red]failed[/]"
+        table.add_row(r["id"], r["kind"], status, *(escape(fmt_value(r["params"].get(a))) for a in axes), acc,
+                      best, eps, wall)
     console.print(table)
     if outcome.tuning is not None:
-        console.print(f"[bold]privacy of the selected result[/]: {outcome.tuning.statement}", highlight=False)
+        console.print(f"[bold]privacy of the selected result[/]: {escape(outcome.tuning.statement)}")
         for note in outcome.tuning.notes:
-            console.print(f"  - {note}", highlight=False)
+            console.print(f"  - {escape(note)}")
+    for r in outcome.rows:
+        if r["status"] == "failed":
+            console.print(f"[red]failed[/] {r['id']}: {escape(r['error'])}")
     for f in outcome.files:
         console.print(f"  {f}")
 
@@ -177,9 +182,9 @@ def _print_plan(console: Console, spec: Any, points: list[Any], axes: list[str],
         table.add_column(col)
     for p in points:
         valid = "yes" if p.valid else p.error
-        table.add_row(p.id, p.kind, *(fmt_value(p.params.get(a)) for a in axes), valid)
+        table.add_row(p.id, p.kind, *(escape(fmt_value(p.params.get(a))) for a in axes), escape(valid))
     console.print(table)
-    console.print(f"{len(points)} point(s) → {where}; nothing was run (--dry-run)")
+    console.print(f"{len(points)} point(s) → {escape(where)}; nothing was run (--dry-run)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -221,9 +226,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: finished points are kept; rerun with --resume to continue")
         return 130
-    for p in outcome.points:
-        if not p.valid:
-            console.print(f"[red]invalid point[/] {p.id}: {p.error}", highlight=False)
     print_results(console, outcome, axes)
     console.print(f"{outcome.ran} point(s) run, {outcome.reused} reused, {outcome.failed} failed · "
                   f"{outcome.wall_seconds:.0f} s · {outcome.out}")

@@ -229,6 +229,7 @@ def plot_accuracy_vs_epsilon(groups: Sequence[Group]) -> bytes:
 def plot_accuracy_vs_rounds(groups: Sequence[Group]) -> bytes:
     plt = _pyplot()
     from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     priv = [g for g in groups if g.kind == "private" and g.curve and g.eps_mean]
@@ -241,10 +242,13 @@ def plot_accuracy_vs_rounds(groups: Sequence[Group]) -> bytes:
     for g in sorted(priv, key=lambda g: g.eps_mean):  # type: ignore[arg-type, return-value]
         label = f"ε = {g.eps_mean:.2f}" + (f" ({g.label})" if len(priv) <= 8 else "")
         ax.plot(range(1, len(g.curve) + 1), g.curve, marker=".", color=cmap(norm(g.eps_mean)), label=label)
+    labelled = False
     for g in groups:
         if g.kind == "baseline" and g.curve:
             ax.plot(range(1, len(g.curve) + 1), g.curve, linestyle="--", color="black", alpha=0.6,
-                    label="non-private (ε = ∞)" if len(priv) <= 8 else None)
+                    label=None if labelled or len(priv) > 8 else "non-private (ε = ∞)")
+            labelled = True
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if norm is not None and len(priv) > 8:
         fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="ε")
     ax.set_xlabel("round")
