@@ -18,6 +18,7 @@ libraries' own functions order by order.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from scipy import special
@@ -133,12 +134,14 @@ def _log_a_frac(q: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     return log_a_op, log_a_dp
 
 
+@lru_cache(maxsize=8192)
 def rdp_one_step(noise_multiplier: float, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """RDP of one step over ``ORDERS``: (Opacus' values, dp-accounting's values)."""
+    """RDP of one step over ``ORDERS``: (Opacus' values, dp-accounting's values). Cached, read-only."""
     q, sigma = float(sample_rate), float(noise_multiplier)
     if q >= 1.0:
         exact = ORDERS / (2 * sigma**2)
-        return exact, exact.copy()
+        exact.setflags(write=False)
+        return exact, exact
     log_a_int = _log_a_int(q, sigma)
     log_a_op, log_a_dp = _log_a_frac(q, sigma)
     op = np.empty_like(ORDERS)
@@ -146,12 +149,14 @@ def rdp_one_step(noise_multiplier: float, sample_rate: float) -> tuple[np.ndarra
     op[_INT] = dp[_INT] = log_a_int / (_INT_ORDERS - 1)
     op[_FRAC] = log_a_op / (_FRAC_ORDERS - 1)
     dp[_FRAC] = log_a_dp / (_FRAC_ORDERS - 1)
+    op.setflags(write=False)
+    dp.setflags(write=False)
     return op, dp
 
 
-def epsilon_opacus(rdp: np.ndarray, delta: float) -> np.ndarray:
-    """Opacus' ``get_privacy_spent`` for each row of ``rdp`` (rows: ledgers, columns: ``ORDERS``)."""
-    a = ORDERS
+def epsilon_opacus(rdp: np.ndarray, delta: float, orders: np.ndarray = ORDERS) -> np.ndarray:
+    """Opacus' ``get_privacy_spent`` for each row of ``rdp`` (rows: ledgers, columns: ``orders``)."""
+    a = orders
     with np.errstate(invalid="ignore"):
         eps = rdp - (math.log(delta) + np.log(a)) / (a - 1) + np.log((a - 1) / a)
     all_nan = np.isnan(eps).all(axis=-1)

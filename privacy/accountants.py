@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
@@ -67,20 +66,12 @@ def _params(releases: Sequence[Release]) -> Params:
 
 
 # --- RDP -----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=8192)
-def _rdp_one_step(sigma: float, q: float) -> tuple[np.ndarray, np.ndarray]:
-    op, dp = _rdp.rdp_one_step(sigma, q)
-    op.setflags(write=False)
-    dp.setflags(write=False)
-    return op, dp
-
-
 def _rdp_cumulative(params: Params) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative RDP after each release (rows), Opacus' and dp-accounting's: RDP adds up."""
     op = np.empty((len(params), len(_rdp.ORDERS)))
     dp = np.empty_like(op)
     for row, (sigma, q, steps) in enumerate(params):
-        one_op, one_dp = _rdp_one_step(sigma, q)
+        one_op, one_dp = _rdp.rdp_one_step(sigma, q)
         op[row], dp[row] = one_op * steps, one_dp * steps
     return np.cumsum(op, axis=0), np.cumsum(dp, axis=0)
 
@@ -221,5 +212,5 @@ def clear_caches() -> None:
     """Forget every cached result (benchmarks measure cold timings with this)."""
     _EPSILON.clear()
     _PER_RELEASE.clear()
-    _rdp_one_step.cache_clear()
+    _rdp.rdp_one_step.cache_clear()
     _pld.clear_caches()

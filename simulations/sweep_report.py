@@ -217,7 +217,13 @@ def plot_accuracy_vs_epsilon(groups: Sequence[Group]) -> bytes:
         ax.scatter([g.eps_mean for g in front], [g.acc_mean for g in front], s=140, facecolors="none",
                    edgecolors="crimson", linewidths=2, zorder=5, label="Pareto front")
     if eps_all and max(eps_all) / max(min(eps_all), 1e-9) > 8:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ticks = sorted({float(f"{e:.2g}") for e in eps_all})
+        if len(ticks) <= 12:
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("ε at δ (max over clients; mean over seeds)")
     ax.set_ylabel("final test accuracy (mean ± sd over seeds)")
     ax.set_title("Accuracy vs privacy")

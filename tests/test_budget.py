@@ -11,8 +11,8 @@ from privacy import DpSgdRelease, epsilon
 from simulations.config import resolve
 from simulations.simulate import simulate
 
-BASE = {"dataset": "digits", "model": "logreg", "num-clients": 3, "batch-size": 32, "workers": 1, "delta": 1e-5, "target-epsilon": 0.0,
-        "learning-rate": 0.2}
+BASE = {"dataset": "digits", "model": "logreg", "num-clients": 3, "batch-size": 32, "local-epochs": 1, "workers": 1,
+        "delta": 1e-5, "target-epsilon": 0.0, "learning-rate": 0.2}
 
 
 def _run(tmp_path: Path, **overrides):

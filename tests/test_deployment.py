@@ -42,8 +42,9 @@ needs_flower = pytest.mark.skipif(not FLOWER or not sys.platform.startswith("lin
 
 # 2 clients, digits, deterministic noise: the launched run and the in-process run are the same computation.
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 2, "num-server-rounds": 2, "batch-size": 64,
-        "learning-rate": 0.1, "noise-multiplier": 1.0, "delta": 1e-5, "deterministic-noise": True,
-        "seed": 7, "round-timeout": 120.0}
+        "learning-rate": 0.1, "noise-multiplier": 1.0, "target-epsilon": 0.0, "delta": 1e-5,
+        "deterministic-noise": True, "seed": 7, "round-timeout": 120.0}
+
 # A bound, not a wait: a round ends as soon as every client replied, or when Flower reports a dead node
 # (no heartbeat for ~60 s). It must exceed a slow round: each round starts a fresh ClientApp process that
 # imports torch and Opacus, 20-30 s on a loaded 2-core machine; a shorter timeout drops healthy clients.
@@ -225,24 +226,34 @@ def test_launch_rejects_bad_input_before_starting_anything(args: list[str], mess
 # --- fast: one real federation ----------------------------------------------------------------------------
 @needs_flower
 def test_launched_federation_matches_in_process_simulation(tmp_path: Path) -> None:
-    """Same config, two engines: identical epsilon (same releases), accuracy within one point."""
-    from simulations.simulate import simulate
+    """Same config, two engines: identical epsilon (same releases), accuracy within one point.
+
+    The federation is started in-process (`launch_federation`, what `dpfl launch` calls after validating;
+    the CLI itself is exercised by the slow tests) while the in-process reference runs: the federation
+    mostly waits on Flower's 3 s polling, so the two overlap well."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from simulations.launch import launch_federation
+    from simulations.simulate import preflight, simulate
 
     run_path = tmp_path / "launched"
-    flags = cli_flags({**BASE, "run-dir": tmp_path, "run-name": "launched"})
-    launch = start_dpfl("launch", "--clients", "2", *flags, log=tmp_path / "launch.out")
-    try:  # the in-process reference runs meanwhile: the federation mostly waits on Flower's 3 s polling
-        cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "inprocess", "workers": 1})
-        simulate(cfg, run_path=tmp_path / "inprocess")
-        code = launch.wait(timeout=300)
-    finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGTERM)
-            launch.wait(30)
-    out = (tmp_path / "launch.out").read_text()
-    assert code == 0, out[-4000:]
-    assert "[server]" in out and "round   2/2" in out and "summary" in out
-    assert "Starting Flower SuperNode" not in out  # Flower's INFO chatter stays in the logs
+    cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "launched"})
+    preflight(cfg)
+    out = StringIO()
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=launch_federation(
+        cfg, run_path, console=Console(file=out, width=200, highlight=False))), daemon=True)
+    thread.start()
+    simulate(cfg.replace(**{"run-name": "inprocess", "workers": 1}), run_path=tmp_path / "inprocess")
+    thread.join(300)
+    result = outcome["result"]
+    assert result.exit_code == 0, result.message + out.getvalue()[-4000:]
+    assert result.leftover_pids == [] and result.leftover_ports == []
+    text = out.getvalue()
+    assert "[server]" in text and "round   2/2" in text
+    assert "Starting Flower SuperNode" not in text  # Flower's INFO chatter stays in the logs
     fed = federation(run_path)
     assert_nothing_left(fed)
     for name in ("config.json", "metrics.jsonl", "model.pt", "summary.json"):
