@@ -67,7 +67,8 @@ def test_explicit_noise_multiplier_turns_calibration_off() -> None:
     assert config_from_args(build_parser().parse_args(["simulate"]))["target-epsilon"] == 3.0
     cfg = config_from_args(build_parser().parse_args(["simulate", "--noise-multiplier", "1.2"]))
     assert cfg["target-epsilon"] == 0.0 and cfg["noise-multiplier"] == 1.2
-    cfg = config_from_args(build_parser().parse_args(["simulate", "--noise-multiplier", "1.2", "--target-epsilon", "2"]))
+    args = ["simulate", "--noise-multiplier", "1.2", "--target-epsilon", "2"]
+    cfg = config_from_args(build_parser().parse_args(args))
     assert cfg["target-epsilon"] == 2.0
 
 

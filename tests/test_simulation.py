@@ -14,7 +14,8 @@ from simulations.config import resolve
 from simulations.simulate import simulate
 
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 3, "num-server-rounds": 2, "batch-size": 32,
-        "local-epochs": 1, "learning-rate": 0.1, "noise-multiplier": 1.0, "workers": 1, "delta": 1e-5, "target-epsilon": 0.0}
+        "local-epochs": 1, "learning-rate": 0.1, "noise-multiplier": 1.0, "workers": 1, "delta": 1e-5,
+        "target-epsilon": 0.0}
 
 
 def run(tmp_path: Path, name: str = "run", **overrides):
