@@ -72,7 +72,8 @@ def _peer(cfg: dict, workdir: Path) -> dict:
     if not script.exists():
         return {"error": "bench/peers/flower_opacus_example is not present"}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), "--run-config", _run_config(cfg), "--out",
+    peer_cfg = {k: v for k, v in cfg.items() if k != "target-epsilon"}  # the peer has no calibration
+    proc = subprocess.run([sys.executable, str(script), "--run-config", _run_config(peer_cfg), "--out",
                            str(workdir / "peer.json")], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -81,6 +81,7 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
         log.info("round   0/%d | accuracy %.4f | loss %.4f (initial model)", total, acc0, loss0)
     reporter.start(total)
     rounds_done = start_round - 1
+    _wait_for_nodes(grid, int(cfg["min-train-clients"]), float(cfg["round-timeout"]))
     try:
         for server_round in range(start_round, total + 1):
             t0 = time.perf_counter()
@@ -90,18 +91,24 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
                 break
             sent_to = {m.metadata.dst_node_id for m in messages}
             replies = list(grid.send_and_receive(messages, timeout=float(cfg["round-timeout"])))
-            answered = {r.metadata.src_node_id for r in replies}
+            answered = {r.metadata.src_node_id for r in replies} & sent_to
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
             events = list(strategy.round_events)
             for node in sorted(sent_to - answered):
                 cid = roster.record_drop(node, server_round, f"no reply within {cfg['round-timeout']} s")
                 events.append({"client": cid, "event": "dropped", "reason": "no reply within the round timeout"})
+            participants = sum(1 for r in replies if not r.has_error() and r.metadata.src_node_id in sent_to)
+            if participants < int(cfg["min-train-clients"]):
+                strategy.stop_reason = (
+                    f"round {server_round}: only {participants} client(s) returned an update (min-train-clients is "
+                    f"{cfg['min-train-clients']}); the round is not counted and the model is the one after round "
+                    f"{server_round - 1}")
+                break
             if new_arrays is not None:
                 arrays = new_arrays
             if float(cfg["fraction-evaluate"]) > 0:
                 _client_side_evaluation(strategy, grid, server_round, arrays, float(cfg["round-timeout"]))
             loss, acc = evaluate(arrays)
-            participants = sum(1 for r in replies if not r.has_error())
             row = {
                 "round": server_round, "accuracy": acc, "loss": loss,
                 "epsilon_max": roster.epsilon_max() if dp else None,
@@ -128,6 +135,14 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
         final_loss=float(last["loss"]) if last.get("loss") is not None else float("nan"),
         epsilon_max=roster.epsilon_max() if dp else None, epsilons=roster.epsilons(),
         seconds=time.perf_counter() - t_run, arrays=arrays, history=history)
+
+
+def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> None:
+    """Give nodes a bounded time to register before round 1 (a Ray/SuperLink federation starts empty);
+    never an unbounded wait: after ``timeout`` round 1 runs with whoever is there, or stops cleanly."""
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < needed and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _client_side_evaluation(strategy: DpFedAvg, grid: Grid, server_round: int, arrays: ArrayRecord,

@@ -43,6 +43,7 @@ class DpFedAvg(FedAvg):
         self.rng = random.Random(seed)
         self.stop_reason = ""
         self._sent_arrays: ArrayRecord | None = None
+        self._sent_to: set[int] = set()
         self.round_events: list[dict] = []
 
     def summary(self) -> None:  # stock summary logs at INFO through Flower's logger; ours is the run header
@@ -62,6 +63,7 @@ class DpFedAvg(FedAvg):
                 "participation cap or gone")
             return []
         chosen = self.rng.sample(eligible, min(self.sample_size(), len(eligible)))
+        self._sent_to = set(chosen)
         config[wire.CFG_ROUND] = server_round
         self._sent_arrays = arrays
         record = RecordDict({wire.ARRAYS: arrays, "config": config})
@@ -74,6 +76,10 @@ class DpFedAvg(FedAvg):
         self.round_events = []
         for msg in replies:
             node = msg.metadata.src_node_id
+            if node not in self._sent_to:
+                # e.g. the SuperLink answering for a node that stopped heartbeating: not a client's reply;
+                # the round loop counts the silent node as dropped
+                continue
             if msg.has_error():
                 reason = msg.error.reason or f"error code {msg.error.code}"
                 if msg.error.code == wire.BUDGET_EXHAUSTED:

@@ -10,10 +10,10 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Callable
 
 from rich.console import Console
 
+from simulations import deploy_cli, sweep_cli
 from simulations.config import ConfigError, add_config_flags, config_from_args
 
 EXIT_BAD_INPUT = 2
@@ -187,30 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("run_dir")
     p_rep.set_defaults(func=cmd_report)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    deploy_cli.register(sub)  # launch, server, client, certs
+    sweep_cli.register(sub)  # sweep
     return parser
 
 
-# Engines and harnesses add their subcommands here (launch, server, client, certs, sweep).
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def _register_optional_commands() -> None:
-    import importlib
-
-    for module in ("simulations.deploy_cli", "simulations.sweep_cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        EXTRA_COMMANDS.append(mod.register)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _register_optional_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -13,7 +13,7 @@ import argparse
 import math
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,10 +311,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         layers.append(parse_run_config_string(args.run_config_string))
     flags = {o.key: getattr(args, o.key) for o in OPTIONS if getattr(args, o.key, None) is not None}
     layers.append(flags)
-    given = {key for layer in layers for key in layer}
-    if "noise-multiplier" in given and "target-epsilon" not in given:
-        layers.append({"target-epsilon": 0.0})  # an explicit sigma means: no calibration
-    return resolve(*layers)
+    return resolve(*layers, sigma_rule_layer(layers))
+
+
+def sigma_rule_layer(layers: Sequence[Mapping[str, Any]]) -> dict[str, Scalar]:
+    """An explicit noise multiplier without an explicit target epsilon means: no calibration.
+    (The default target is 3; without this rule a given sigma would be silently ignored.)"""
+    given = {str(key).replace("_", "-") for layer in layers for key in layer}
+    return {"target-epsilon": 0.0} if "noise-multiplier" in given and "target-epsilon" not in given else {}
 
 
 def pyproject_table() -> str:

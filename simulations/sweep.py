@@ -32,6 +32,7 @@ import time
 import tomllib
 import traceback
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.config import DEFAULTS, OPTION_BY_KEY, ConfigError, resolve
+from simulations.config import DEFAULTS, OPTION_BY_KEY, ConfigError, resolve, sigma_rule_layer
 
 log = logging.getLogger("dpfl.sweep")
 
@@ -265,8 +266,7 @@ def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _make_point(base: Mapping[str, Any], params: dict[str, Any], *, trial: int | None = None) -> Point:
     raw = {**base, **_overrides(params)}
-    if "noise-multiplier" in raw and "target-epsilon" not in raw:
-        raw["target-epsilon"] = 0.0  # as on the command line: an explicit sigma means no calibration
+    raw.update(sigma_rule_layer([raw]))
     try:
         cfg = resolve(raw).as_dict()
     except ConfigError as exc:
@@ -639,7 +639,9 @@ def run_ray(tasks: list[dict[str, Any]], jobs: int, on_done: OnDone, *, address:
                               "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}}
     if target == "local":
         kwargs["num_cpus"] = jobs
-    ray.init(address=target, **kwargs)
+    with warnings.catch_warnings():  # Ray's advice about GPU env vars: the default (no GPU per task) is wanted
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*RAY_ACCEL_ENV_VAR_OVERRIDE.*")
+        ray.init(address=target, **kwargs)
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(execute_point_portable)
         refs = {remote.remote(t): t for t in tasks}

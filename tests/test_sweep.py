@@ -36,7 +36,7 @@ from simulations.sweep import (
 from simulations.sweep_report import Group, pareto_front
 
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 2, "num-server-rounds": 1, "batch-size": 32,
-        "learning-rate": 0.1, "delta": 1e-5}
+        "local-epochs": 1, "learning-rate": 0.1, "delta": 1e-5}
 TINY = {"sweep": {"name": "tiny"}, "base": BASE,
         "grid": {"noise-multiplier": [0.8, 1.5], "max-grad-norm": [0.5, 1.0]}}
 
@@ -292,19 +292,16 @@ def sweep_report_groups(rows: list[dict]) -> list[Group]:
 def test_cli_runs_points_in_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from simulations import cli
 
-    def main(argv: list[str]) -> int:
-        monkeypatch.setattr(cli, "EXTRA_COMMANDS", [])  # cli.main registers its extra commands on every call
-        return cli.main(argv)
-
     out = tmp_path / "cli"
-    code = main(["sweep", "--dataset", "digits", "--model", "mlp", "--num-clients", "2", "--num-server-rounds",
-                 "1", "--delta", "1e-5", "--grid", "noise-multiplier=1.0", "--jobs", "2", "--out", str(out)])
+    code = cli.main(["sweep", "--dataset", "digits", "--model", "mlp", "--num-clients", "2", "--num-server-rounds",
+                 "1", "--local-epochs", "1", "--delta", "1e-5", "--grid", "noise-multiplier=1.0", "--jobs", "2",
+                 "--out", str(out)])
     assert code == 0
     rows = _rows(out)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
     pids = {json.loads((out / r["run_dir"] / "point.json").read_text())["pid"] for r in rows}
     assert os.getpid() not in pids  # ran in worker processes, not in this one
-    assert main(["sweep", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert cli.main(["sweep", "--config", str(tmp_path / "missing.toml")]) == 2
 
 
 # --- Ray: a local two-node cluster ---------------------------------------------------------------------------------
