@@ -41,22 +41,13 @@ def test_budget_stops_the_run_cleanly_with_no_client_over_budget(tmp_path: Path)
 
 def test_client_declines_when_its_own_ledger_says_no(tmp_path: Path) -> None:
     """The client refuses on its own: the decline is an error reply with the budget code."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from client_messages import train_call
 
-    from models import build_model
     from privacy import wire
     from simulations.apps import clientapp
-    from simulations.inprocess import set_task_identity
 
     cfg = resolve({**BASE, "run-dir": str(tmp_path), "epsilon-budget": 0.5, "noise-multiplier": 1.0}).as_dict()
-    set_task_identity(1, 1)
-    model = build_model("logreg", (1, 8, 8), 10)
-    msg = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                                      "config": ConfigRecord({"server-round": 1, "delta": 1e-5,
-                                                              "run-path": str(tmp_path)})}),
-                  message_type="train", dst_node_id=5)
-    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
-                  run_config=cfg)
+    msg, ctx = train_call(cfg, tmp_path)
     reply = clientapp(msg, ctx)
     assert reply.has_error() and reply.error.code == wire.BUDGET_EXHAUSTED
     assert "budget" in reply.error.reason

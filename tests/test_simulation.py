@@ -157,21 +157,12 @@ def test_worker_pool_gives_the_same_ledgers(tmp_path: Path) -> None:
 
 
 def test_reply_carries_no_private_metrics_by_default(tmp_path: Path) -> None:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from client_messages import train_call
 
-    from models import build_model
     from simulations.apps import clientapp
-    from simulations.inprocess import set_task_identity
 
     cfg = resolve({**BASE, "run-dir": str(tmp_path)}).as_dict()
-    set_task_identity(1, 1)
-    model = build_model("mlp", (1, 8, 8), 10)
-    msg = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                                      "config": ConfigRecord({"server-round": 1, "delta": 1e-5,
-                                                              "run-path": str(tmp_path)})}),
-                  message_type="train", dst_node_id=5)
-    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
-                  run_config=cfg)
+    msg, ctx = train_call(cfg, tmp_path)
     reply = clientapp(msg, ctx)
     keys = set(reply.content["metrics"].keys())
     assert keys == {"num-examples", "epsilon", "noise-multiplier", "sample-rate", "steps", "partition-id"}

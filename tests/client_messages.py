@@ -1,0 +1,23 @@
+"""Build one train instruction and a client Context by hand, to call the ClientApp directly in tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from models import build_model
+from simulations.inprocess import set_task_identity
+
+
+def train_call(cfg: dict[str, Any], run_path: Path, *, partition_id: int = 0) -> tuple[Message, Context]:
+    """A round-1 train message with a fresh model, and the Context of virtual client ``partition_id``."""
+    set_task_identity(1, 1)
+    model = build_model(str(cfg["model"]), (1, 8, 8), 10)
+    config = ConfigRecord({"server-round": 1, "delta": 1e-5, "run-path": str(run_path)})
+    msg = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
+                  message_type="train", dst_node_id=5)
+    ctx = Context(run_id=1, node_id=5, state=RecordDict(), run_config=cfg,
+                  node_config={"partition-id": partition_id, "num-partitions": int(cfg["num-clients"])})
+    return msg, ctx
