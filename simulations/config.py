@@ -260,15 +260,20 @@ def _check_combinations(values: Mapping[str, Scalar]) -> None:
         raise ConfigError("epsilon-budget needs dp=true: without DP there is no epsilon to budget")
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a run config TOML file: top-level keys or a [tool.flwr.app.config]-style table."""
+def read_toml(path: str | Path, what: str = "config file", error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A TOML file as a dict, or ``error`` naming the file and what is wrong with it."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise error(f"{what} {str(p)!r} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+        raise error(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a run config TOML file: top-level keys or a [tool.flwr.app.config]-style table."""
+    data = read_toml(path)
     table = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
     return dict(table) if isinstance(table, dict) else data
 

@@ -29,7 +29,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import tomllib
 import traceback
 import uuid
 import warnings
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.config import DEFAULTS, OPTION_BY_KEY, ConfigError, resolve, sigma_rule_layer
+from simulations.config import DEFAULTS, OPTION_BY_KEY, ConfigError, read_toml, resolve, sigma_rule_layer
 
 log = logging.getLogger("dpfl.sweep")
 
@@ -209,14 +208,7 @@ def spec_from_dict(data: Mapping[str, Any], *, default_name: str = "sweep") -> S
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file {str(p)!r} does not exist")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SweepError(f"sweep file {str(p)!r} is not valid TOML: {exc}") from None
-    return spec_from_dict(data, default_name=p.stem)
+    return spec_from_dict(read_toml(path, "sweep file", SweepError), default_name=Path(path).stem)
 
 
 # --- points -------------------------------------------------------------------------------------------------
