@@ -12,7 +12,9 @@ import ipaddress
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args
 
@@ -163,6 +165,30 @@ def _print_run_summary(cfg: RunConfig, run_path: Path, summary: dict) -> None:
 
 
 # --- launch -----------------------------------------------------------------------------------------------
+def _supervised(console: Any, sup: Any, printer: Any, run: Callable[[], int],
+                cleanup: Callable[[], None] | None = None) -> int:
+    """Run ``run()`` under the supervisor: SIGTERM/Ctrl-C/launch errors become exit codes (143/130/1),
+    and every started process is stopped, whatever happened."""
+    from simulations.launch import LaunchError, Terminated, interrupts_deferred, sigterm_as_exception
+
+    try:
+        with sigterm_as_exception():
+            return run()
+    except Terminated:
+        return 143
+    except KeyboardInterrupt:
+        return 130
+    except LaunchError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 1
+    finally:
+        with interrupts_deferred():
+            sup.stop_all()
+        printer.close()
+        if cleanup is not None:
+            cleanup()
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from simulations import apps
     from simulations.certs import CertificateError, load_certificates
@@ -282,13 +308,10 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
         LaunchError,
         LogPrinter,
         Supervisor,
-        Terminated,
         flwr_run_command,
-        interrupts_deferred,
         load_summary,
         repo_root,
         run_exit_code,
-        sigterm_as_exception,
     )
 
     console = _console()
@@ -296,64 +319,50 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
     console.print(f"  (process logs in {log_dir}; Ctrl-C stops the SuperLink)")
     printer = LogPrinter(console, verbose=_verbose(args), merged_log=log_dir / "server-side.log")
     sup = Supervisor(log_dir, printer)
-    code = 0
-    try:
-        with sigterm_as_exception():
-            superlink = sup.start("superlink", command, env={"FLWR_HOME": str(home / "superlink")})
-            if not args.submit:
-                while superlink.poll() is None:
-                    time.sleep(0.5)
-                return superlink.poll() or 0
-            n = int(cfg["num-clients"])
-            printer.info(f"waiting for {n} SuperNodes (up to {args.startup_timeout:.0f} s)")
-            deadline = time.monotonic() + args.startup_timeout
-            while len({m.group(1) for x in list(superlink.lines) if (m := ACTIVATED_RE.search(x))}) < n:
-                if superlink.poll() is not None:
-                    raise LaunchError(f"flower-superlink exited; see {superlink.log_path}")
-                if time.monotonic() > deadline:
-                    raise LaunchError(f"fewer than {n} SuperNodes connected within "
-                                      f"{args.startup_timeout:.0f} s")
+
+    def run() -> int:
+        superlink = sup.start("superlink", command, env={"FLWR_HOME": str(home / "superlink")})
+        if not args.submit:
+            while superlink.poll() is None:
                 time.sleep(0.5)
-            printer.info(f"{n} SuperNodes connected; submitting the run")
-            server = sup.start("server", flwr_run_command(repo_root(), "dpfl", run_config),
-                               env={"FLWR_HOME": str(home)})
-            while server.poll() is None:
-                if superlink.poll() is not None:
-                    raise LaunchError(f"flower-superlink died during the run; see {superlink.log_path}")
-                time.sleep(0.2)
-            server.wait_output(5.0)
-            summary = load_summary(run_path)
-            code = run_exit_code(summary)
-            if summary is not None:
-                _print_run_summary(cfg, run_path, summary)
-            else:
-                console.print(f"[bold red]error:[/] the run did not finish; see {log_dir}")
-    except Terminated:
-        code = 143
-    except KeyboardInterrupt:
-        code = 130
-    except LaunchError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        code = 1
-    finally:
-        with interrupts_deferred():
-            sup.stop_all()
-        printer.close()
-    return code
+            return superlink.poll() or 0
+        n = int(cfg["num-clients"])
+        printer.info(f"waiting for {n} SuperNodes (up to {args.startup_timeout:.0f} s)")
+        deadline = time.monotonic() + args.startup_timeout
+        while len({m.group(1) for x in list(superlink.lines) if (m := ACTIVATED_RE.search(x))}) < n:
+            if superlink.poll() is not None:
+                raise LaunchError(f"flower-superlink exited; see {superlink.log_path}")
+            if time.monotonic() > deadline:
+                raise LaunchError(f"fewer than {n} SuperNodes connected within "
+                                  f"{args.startup_timeout:.0f} s")
+            time.sleep(0.5)
+        printer.info(f"{n} SuperNodes connected; submitting the run")
+        server = sup.start("server", flwr_run_command(repo_root(), "dpfl", run_config),
+                           env={"FLWR_HOME": str(home)})
+        while server.poll() is None:
+            if superlink.poll() is not None:
+                raise LaunchError(f"flower-superlink died during the run; see {superlink.log_path}")
+            time.sleep(0.2)
+        server.wait_output(5.0)
+        summary = load_summary(run_path)
+        code = run_exit_code(summary)
+        if summary is not None:
+            _print_run_summary(cfg, run_path, summary)
+        else:
+            console.print(f"[bold red]error:[/] the run did not finish; see {log_dir}")
+        return code
+
+    return _supervised(console, sup, printer, run)
 
 
 # --- client -----------------------------------------------------------------------------------------------
 def cmd_client(args: argparse.Namespace) -> int:
     from simulations.certs import CertificateError, load_certificates
     from simulations.launch import (
-        LaunchError,
         LogPrinter,
         Supervisor,
-        Terminated,
         free_ports,
-        interrupts_deferred,
         node_config_string,
-        sigterm_as_exception,
         supernode_command,
     )
 
@@ -394,32 +403,21 @@ def cmd_client(args: argparse.Namespace) -> int:
     home = Path(args.flower_home).expanduser().resolve() if args.flower_home else Path(str(home_tmp))
     printer = LogPrinter(console, verbose=_verbose(args), server_names=())
     sup = Supervisor(home / "logs", printer)
-    code = 0
-    try:
-        with sigterm_as_exception():
-            proc = sup.start(name, supernode_command(args.server, port, node, ca),
-                             env={"FLWR_HOME": str(home)})
-            printer.info(f"{name} connecting to {args.server} ({'TLS' if ca else 'plaintext'}); "
-                         "Ctrl-C to stop")
-            while proc.poll() is None:
-                time.sleep(0.5)
-            code = proc.poll() or 0
-    except Terminated:
-        code = 143
-    except KeyboardInterrupt:
-        code = 130
-    except LaunchError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        code = 1
-    finally:
-        with interrupts_deferred():
-            sup.stop_all()
-        printer.close()
+
+    def run() -> int:
+        proc = sup.start(name, supernode_command(args.server, port, node, ca), env={"FLWR_HOME": str(home)})
+        printer.info(f"{name} connecting to {args.server} ({'TLS' if ca else 'plaintext'}); Ctrl-C to stop")
+        while proc.poll() is None:
+            time.sleep(0.5)
+        return proc.poll() or 0
+
+    def cleanup() -> None:
         if home_tmp:
             import shutil
 
             shutil.rmtree(home_tmp, ignore_errors=True)
-    return code
+
+    return _supervised(console, sup, printer, run, cleanup)
 
 
 # --- certs ------------------------------------------------------------------------------------------------
