@@ -76,7 +76,11 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
                            "(fraction-evaluate > 0)")
     sigma, clip = finite(cfg.get("noise-multiplier")), finite(cfg.get("max-grad-norm"))
     clip_text = f" = {clip:g}" if clip is not None else ""
-    sigma_text = f", configured {sigma:g}" if sigma else ""
+    target = finite(cfg.get("target-epsilon")) or 0.0
+    if target > 0:
+        sigma_text = f", calibrated so that each client ends at epsilon <= {target:g}"
+    else:
+        sigma_text = f", configured {sigma:g}" if sigma else ""
     how = ("Each client trains locally with DP-SGD: every step draws a batch by Poisson sampling (each "
            "record independently with probability q = batch size / the client's records), clips each "
            f"record's gradient to L2 norm C{clip_text}, sums them and adds Gaussian noise of standard "
