@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context
 
-from privacy import Ledger
+from privacy import Ledger, LedgerError
 
 STATE_KEY = "dpfl-ledger"
 
@@ -26,29 +26,26 @@ def ledger_path(state_dir: str, client_id: str) -> Path | None:
     return Path(state_dir) / f"{client_id}.jsonl" if state_dir else None
 
 
-def _is_prefix(short: list[dict], long: list[dict]) -> bool:
-    return long[: len(short)] == short
-
-
 def load_ledger(context: Context, path: Path | None) -> Ledger:
-    """The client's ledger, reconciled between context.state and disk."""
+    """The client's ledger, reconciled between context.state and disk (the longer copy wins)."""
     record = context.state.config_records.get(STATE_KEY)
-    memory = Ledger.from_jsonl(str(record["jsonl"])) if record is not None else Ledger()
-    disk = Ledger.load(path) if path is not None and path.exists() else Ledger()
-    mem_entries, disk_entries = list(memory.entries), list(disk.entries)
-    if len(disk_entries) >= len(mem_entries):
-        if not _is_prefix(mem_entries, disk_entries):
-            raise LedgerConflictError(f"ledger in memory is not a prefix of {path}; refusing to train")
-        chosen_text = disk.to_jsonl()
-    else:
-        if not _is_prefix(disk_entries, mem_entries):
-            raise LedgerConflictError(f"ledger at {path} is not a prefix of the one in memory; refusing to train")
-        chosen_text = memory.to_jsonl()
-    ledger = Ledger.from_jsonl(chosen_text, path=path)
-    if path is not None and len(disk_entries) < len(mem_entries):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ledger.save()  # the disk copy was behind (deleted or never written): restore it
-    return ledger
+    memory = Ledger.from_jsonl(str(record["jsonl"]) if record is not None else "", path=path)
+    if path is None:
+        return memory
+    if path.exists():
+        disk = Ledger.load(path)
+        if len(disk) >= len(memory):
+            if disk.entries[: len(memory)] != memory.entries:
+                raise LedgerConflictError(f"ledger in memory is not a prefix of {path}; refusing to train")
+            return disk
+    if len(memory):
+        # The disk copy is behind (deleted or never written): restore it. save() refuses to overwrite a
+        # disk copy that is not a prefix of the one in memory.
+        try:
+            memory.save()
+        except LedgerError as exc:
+            raise LedgerConflictError(f"{exc}; refusing to train") from None
+    return memory
 
 
 def remember(context: Context, ledger: Ledger) -> None:
