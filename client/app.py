@@ -25,7 +25,16 @@ from client.randomness import dp_generators, pick_device
 from client.training import TrainSettings, train_locally
 from models import build_model
 from models.evaluation import evaluate_model
-from privacy import DpSgdRelease, calibrate_noise, check_budget, effective_budget, epsilon, steps_per_round, wire
+from privacy import (
+    DpSgdRelease,
+    calibrate_noise,
+    check_budget,
+    effective_budget,
+    epsilon,
+    participation_cap,
+    steps_per_round,
+    wire,
+)
 
 log = logging.getLogger("dpfl.client")
 
@@ -65,7 +74,7 @@ def noise_multiplier_for(cfg: Mapping[str, Any], declared: int, delta: float) ->
     if target <= 0:
         return float(cfg["noise-multiplier"])
     q, steps = steps_per_round(declared, int(cfg["batch-size"]), int(cfg["local-epochs"]))
-    rounds = int(cfg["max-participations"]) or int(cfg["num-server-rounds"])
+    rounds = participation_cap(int(cfg["max-participations"]), int(cfg["num-server-rounds"]))
     return calibrate_noise(target, delta, q, steps, rounds, accountant=str(cfg["accountant"]))
 
 

@@ -16,7 +16,7 @@ from privacy.accountants import (
     epsilon_per_release,
 )
 from privacy.budget import BudgetCheck, check_budget, effective_budget
-from privacy.calibration import calibrate_noise, steps_per_round
+from privacy.calibration import calibrate_noise, participation_cap, steps_per_round
 from privacy.ledger import Ledger, LedgerError
 from privacy.releases import (
     DpSgdRelease,
@@ -29,6 +29,6 @@ from privacy.releases import (
 __all__ = [
     "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "BudgetCheck", "DpSgdRelease", "GaussianRelease", "Ledger",
     "LedgerError", "Release", "UnknownAccountantError", "calibrate_noise", "check_budget", "clear_caches",
-    "delta_for_epsilon", "effective_budget", "epsilon", "epsilon_all", "epsilon_per_release",
+    "delta_for_epsilon", "effective_budget", "epsilon", "epsilon_all", "epsilon_per_release", "participation_cap",
     "release_from_dict", "steps_per_round", "validate_release_params", "wire",
 ]

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from models import build_model
 from models.evaluation import evaluate_model
-from privacy import effective_budget
+from privacy import effective_budget, participation_cap
 from server.federation import FederationResult, LogReporter, Reporter, run_federation
 from server.roster import Roster
 from server.rundir import RunDirectory
@@ -127,7 +127,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
 
 
 def _max_participations(cfg: Mapping[str, Any]) -> int:
-    return int(cfg["max-participations"]) or int(cfg["num-server-rounds"])
+    return participation_cap(int(cfg["max-participations"]), int(cfg["num-server-rounds"]))
 
 
 def _budget(cfg: Mapping[str, Any]) -> float:

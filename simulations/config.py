@@ -206,7 +206,9 @@ class RunConfig:
 
     @property
     def max_participations(self) -> int:
-        return int(self["max-participations"]) or int(self["num-server-rounds"])
+        from privacy import participation_cap
+
+        return participation_cap(int(self["max-participations"]), int(self["num-server-rounds"]))
 
     @property
     def not_private(self) -> bool:
