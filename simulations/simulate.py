@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flwr.app import Context, RecordDict
 
-from privacy import calibrate_noise, steps_per_round
+from client.app import noise_multiplier_for
 from server.app import resolve_delta
 from server.federation import FederationResult, Reporter
 from server.rundir import RunDirectory
@@ -47,17 +47,12 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
     sigmas: dict[str, float] = {}
     if cfg["dp"] and float(cfg["target-epsilon"]) > 0:
         delta = resolve_delta(values, sum(sizes))
-        cache: dict[int, float] = {}
-        for k, n in enumerate(sizes):
-            if n not in cache:
-                q, steps = steps_per_round(n, int(cfg["batch-size"]), int(cfg["local-epochs"]))
-                try:
-                    cache[n] = calibrate_noise(float(cfg["target-epsilon"]), delta, q, steps,
-                                               cfg.max_participations, accountant=str(cfg["accountant"]))
-                except ValueError as exc:
-                    raise ConfigError(f"target-epsilon={cfg['target-epsilon']} cannot be reached for client {k} "
-                                      f"({n} records): {exc}") from None
-            sigmas[f"client-{k:03d}"] = cache[n]
+        for k, n in enumerate(sizes):  # the clients' own calibration (cached), so the printed sigma is theirs
+            try:
+                sigmas[f"client-{k:03d}"] = noise_multiplier_for(values, n, delta)
+            except ValueError as exc:
+                raise ConfigError(f"target-epsilon={cfg['target-epsilon']} cannot be reached for client {k} "
+                                  f"({n} records): {exc}") from None
     return sigmas
 
 
