@@ -18,47 +18,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-ENGINES = ("inprocess", "launch", "ray")
 
-
-def engine_command(engine: str, flags: list[str]) -> list[str]:
-    base = [sys.executable, "-m", "simulations.cli"]
-    if engine == "launch":
-        return [*base, "launch", *flags]
-    return [*base, "simulate", "--engine", engine, *flags]
-
-
-def run_engine(engine: str, job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """One run as a user would start it (a fresh `dpfl` process); timings from its run directory."""
-    flags = [f"--{k}={v}" for k, v in {**job, "run-dir": out_dir, "run-name": engine}.items()]
-    t0 = time.perf_counter()
-    proc = subprocess.run(engine_command(engine, flags), cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    run_path = out_dir / engine
-    rows = [json.loads(x) for x in (run_path / "metrics.jsonl").read_text().splitlines()] \
-        if (run_path / "metrics.jsonl").exists() else []
-    summary_file = run_path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    seconds = [float(r["seconds"]) for r in rows]
-    return {
-        "engine": engine, "exit_code": proc.returncode, "wall_seconds": wall,
-        "round_seconds": seconds,
-        "mean_round_seconds": statistics.fmean(seconds) if seconds else None,
-        "mean_round_seconds_after_first": statistics.fmean(seconds[1:]) if len(seconds) > 1 else None,
-        "server_run_seconds": summary.get("wall_seconds"),
-        "final_accuracy": summary.get("final_accuracy"), "epsilon_max": summary.get("epsilon_max"),
-        "error_tail": "" if proc.returncode == 0 else (proc.stdout[-2000:] + proc.stderr[-2000:]),
-    }
+from dpfl_runs import ENGINES, run_engine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def _fmt(value: float | None, unit: str = "s") -> str:

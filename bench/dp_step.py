@@ -2,7 +2,8 @@
 
 For every zoo model on its natural input (cnn, mlp, logreg 1x28x28; resnet 3x32x32) and batch 64 / 256,
 one optimizer step (zero_grad, forward, backward, per-sample clip, noise, update) is timed, single thread,
-for: non-private SGD, Opacus hooks, functorch, ghost clipping and ExpandedWeights ("ew"). The modes are
+for: non-private SGD, dpfl's book-keeping pass ("bk", client/bookkeeping.py), Opacus hooks, functorch,
+ghost clipping and ExpandedWeights ("ew"). The modes are
 timed round-robin (one step of each in turn, order rotated every repetition) so that load from other
 processes on this shared machine hits them alike; the figures that matter are the ratios to the
 non-private step measured in the same run.
@@ -43,12 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from client.bookkeeping import BookKeepingClipper  # noqa: E402
 from models import build_model  # noqa: E402
 
 INPUTS: dict[str, tuple[int, ...]] = {"cnn": (1, 28, 28), "mlp": (1, 28, 28), "logreg": (1, 28, 28),
                                       "resnet": (3, 32, 32)}
 NUM_CLASSES = 10
-DP_MODES = ("hooks", "functorch", "ghost", "ew")
+DP_MODES = ("bk", "hooks", "functorch", "ghost", "ew")
 MODES = ("nonprivate", *DP_MODES)
 OPACUS_NORM_EPS = 1e-6  # Opacus' clip factor is C / (||g|| + 1e-6), in DPOptimizer and in ghost clipping
 EXACT_TOL = 1e-6
@@ -62,10 +64,14 @@ class Stepper:
     module: nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    clipper: BookKeepingClipper | None = None  # mode "bk": clipped_backward replaces loss.backward()
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss_fn(self.module(x), y).backward()
+        if self.clipper is not None:
+            self.clipper.clipped_backward(self.module(x), y)
+        else:
+            self.loss_fn(self.module(x), y).backward()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.backward(x, y)
@@ -85,6 +91,9 @@ def make_stepper(mode: str, model: nn.Module, *, noise_multiplier: float, max_gr
 
     if mode == "nonprivate":
         return Stepper(model, torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum), criterion)
+    if mode == "bk":
+        return Stepper(model, dp_opt(DPOptimizerFastGradientClipping, model.parameters()), criterion,
+                       clipper=BookKeepingClipper(model, max_grad_norm))
     if mode == "ghost":
         module = GradSampleModuleFastGradientClipping(model, loss_reduction="mean",
                                                       max_grad_norm=max_grad_norm, use_ghost_clipping=True)
@@ -160,7 +169,9 @@ def mode_gradient(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     st.optimizer.pre_step()
     grads = [p.grad for p in st.module.parameters() if p.requires_grad]
     out = _flat([g.detach().clone() for g in grads])
-    if hasattr(st.module, "_close"):
+    if st.clipper is not None:
+        st.clipper.close()
+    elif hasattr(st.module, "_close"):
         st.module._close()
     return out
 

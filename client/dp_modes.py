@@ -2,9 +2,10 @@
 
 Every mode offered by client.training computes the same clipped gradient (bench/dp_step.py checks each
 against a per-sample loop: relative error <= 2e-15 in float64, <= 1e-6 in float32), so the choice is
-only about speed, and the fastest mode depends on the model: ghost clipping never materialises
-per-sample gradients of Linear layers (a 784 x 128 layer at batch 256 is 25 M floats per step), while on
-conv nets it costs a second backward pass and loses to hooks.
+only about speed, and the fastest mode depends on the model: book-keeping ("bk") needs one forward and one
+backward pass and never materialises per-sample gradients of Linear layers (a 784 x 128 layer at batch
+256 is 25 M floats per step), but supports only Linear, Conv2d and GroupNorm layers; Opacus' hooks
+support every layer Opacus knows.
 """
 
 from __future__ import annotations
@@ -19,24 +20,24 @@ from models.zoo import MODELS
 if TYPE_CHECKING:  # client.training will import this module: no import cycle at run time
     from client.training import TrainSettings
 
-SUPPORTED_MODES = ("hooks", "functorch", "ghost")  # what client.training.train_locally builds
+SUPPORTED_MODES = ("bk", "hooks", "functorch", "ghost")  # what client.training.train_locally builds
 DEFAULT_MODE = "hooks"  # for a model not measured: works for every layer Opacus supports
 
 # Fastest exact mode per zoo model. Figures: DP step time / non-private step time, 1 thread, median of
 # 15 round-robin steps, batch 64 | 256, torch 2.13 CPU, opacus 1.6, this 2-core shared machine, from
 #     python bench/dp_step.py          (writes bench/results/dp_step.json)
-#   model    hooks          functorch      ghost          ew (not offered by client.training)
-#   cnn      1.74 | 1.70    2.22 | 1.98    1.97 | 1.86    1.63 | 1.58
-#   mlp      12.3 | 29.2    18.6 | 31.4    3.08 | 1.61    13.8 | 27.5
-#   logreg   3.13 | 4.52    6.56 | 11.2    3.45 | 2.73    2.74 | 3.71
-#   resnet   2.44 | 2.31    2.53 | 2.36    3.14 | 3.15    2.40 | 2.35
-# An earlier run agreed on cnn, mlp and logreg; on resnet hooks, functorch and ew were within noise of
-# each other (2.31 | 2.44, 2.42 | 2.15, 2.01 | 2.47), so the tie goes to hooks, the default. logreg at
-# batch 64 is a tie in absolute terms (1.3 vs 1.5 ms a step); ghost wins clearly at 256.
+#   model    bk             hooks          functorch      ghost          ew (not offered by client.training)
+#   cnn      1.32 | 1.33    1.73 | 1.69    2.14 | 1.90    1.93 | 1.81    1.63 | 1.61
+#   mlp      1.77 | 1.45    9.21 | 45.4    11.9 | 48.1    3.00 | 2.31    15.7 | 43.7
+#   logreg   2.20 | 1.39    3.58 | 4.17    6.31 | 6.21    3.69 | 2.71    3.25 | 3.54
+#   resnet   2.27 | 2.41    2.42 | 2.26    2.46 | 2.19    3.13 | 3.12    2.44 | 2.31
+# bk (client/bookkeeping.py) wins clearly wherever the layers are Linear and Conv2d. On resnet every mode
+# but ghost is within noise of the others (GroupNorm needs one more normalisation pass in bk), so the tie
+# goes to hooks, the default; an earlier run had hooks, functorch and ew in a different order.
 FASTEST_MODE: dict[str, str] = {
-    "cnn": "hooks",
-    "mlp": "ghost",
-    "logreg": "ghost",
+    "cnn": "bk",
+    "mlp": "bk",
+    "logreg": "bk",
     "resnet": "hooks",
 }
 

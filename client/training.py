@@ -5,7 +5,9 @@ its own batches and owns the accountant. Here the sampling rate ``q = batch / de
 and the number of steps are fixed before training from public quantities, each step draws its
 batch by Poisson sampling at exactly ``q`` from our own generator, and Opacus provides what it
 is best at: per-sample gradients, clipping and noise (``GradSampleModule`` / ghost clipping and
-``DPOptimizer``). The ledger therefore records exactly the mechanism that ran.
+``DPOptimizer``). Mode "bk" clips with our book-keeping pass (client.bookkeeping, same result, less work)
+and still takes its noise from Opacus' optimizer. The ledger therefore records exactly the mechanism
+that ran.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
+from client.bookkeeping import BookKeepingClipper
 from client.dp_modes import resolve_auto
 from privacy import steps_per_round
 
@@ -33,7 +36,7 @@ class TrainSettings:
     dp: bool
     noise_multiplier: float
     max_grad_norm: float
-    grad_sample_mode: str  # "hooks" | "functorch" | "ghost"
+    grad_sample_mode: str  # "bk" | "hooks" | "functorch" | "ghost" (or "auto", resolved per model)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,16 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
     criterion = nn.CrossEntropyLoss(reduction="mean")
     expected_batch = sample_rate * n
 
-    if settings.dp and settings.grad_sample_mode == "ghost":
+    clipper: BookKeepingClipper | None = None
+    if settings.dp and settings.grad_sample_mode == "bk":
+        clipper = BookKeepingClipper(model, settings.max_grad_norm)
+        module = model
+        optimizer = DPOptimizerFastGradientClipping(
+            _base_optimizer(model.parameters(), settings), noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm, expected_batch_size=expected_batch, loss_reduction="mean",
+            generator=noise_generator)
+        loss_fn = criterion
+    elif settings.dp and settings.grad_sample_mode == "ghost":
         module = GradSampleModuleFastGradientClipping(model, loss_reduction="mean",
                                                       max_grad_norm=settings.max_grad_norm,
                                                       use_ghost_clipping=True)
@@ -104,14 +116,19 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
             optimizer.zero_grad(set_to_none=True)
             if yb.numel() == 0 and not settings.dp:
                 continue  # nothing to learn from, and no noise to add without DP
-            loss = loss_fn(module(xb), yb)
-            loss.backward()
+            if clipper is not None:  # p.grad = clipped sum; the optimizer adds noise and divides by q * n
+                loss = clipper.clipped_backward(module(xb), yb) / max(int(yb.numel()), 1)
+            else:
+                loss = loss_fn(module(xb), yb)
+                loss.backward()
             optimizer.step()
             if yb.numel():
                 total_loss += float(loss.detach()) * int(yb.numel())
                 seen += int(yb.numel())
     finally:
-        if settings.dp:
+        if clipper is not None:
+            clipper.close()
+        elif settings.dp:
             module._close()  # removes Opacus hooks so the plain module is left behind
     return TrainOutcome(sample_rate=sample_rate, steps=steps, examples_seen=seen,
                         mean_loss=total_loss / max(seen, 1))

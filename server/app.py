@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from models import build_model
 from models.evaluation import evaluate_model
 from privacy import effective_budget, participation_cap
+from server.averaging import ServerOptimizer
 from server.federation import FederationResult, LogReporter, Reporter, run_federation
 from server.roster import Roster
 from server.rundir import RunDirectory
@@ -93,7 +94,9 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
     strategy = DpFedAvg(roster=roster, num_clients=num_clients, fraction_train=float(cfg["fraction-train"]),
                         min_train_clients=int(cfg["min-train-clients"]),
                         fraction_evaluate=float(cfg["fraction-evaluate"]),
-                        server_learning_rate=float(cfg["server-learning-rate"]), seed=int(cfg["seed"]))
+                        server_optimizer=ServerOptimizer(float(cfg["server-learning-rate"]),
+                                                         float(cfg["server-momentum"])),
+                        seed=int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(str(cfg["model"]), s.input_shape, s.num_classes)
     eval_model = build_model(str(cfg["model"]), s.input_shape, s.num_classes)

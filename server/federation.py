@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from privacy import wire
+from server.averaging import ParameterEma
 from server.roster import Roster
 from server.rundir import RunDirectory
 from server.strategy import DpFedAvg
@@ -64,7 +65,7 @@ class FederationResult:
     epsilon_max: float | None
     epsilons: dict[str, float]
     seconds: float
-    arrays: ArrayRecord
+    arrays: ArrayRecord  # the released model (the EMA of the iterates when ema-decay > 0)
     history: list[dict] = field(default_factory=list)
 
 
@@ -73,7 +74,9 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
                    reporter: Reporter, start_round: int = 1) -> FederationResult:
     total = int(cfg["num-server-rounds"])
     dp = bool(cfg["dp"])
-    arrays = initial_arrays
+    arrays = initial_arrays  # the training iterate: what clients start from
+    released = initial_arrays  # what is evaluated and saved: the iterate, or its EMA over rounds
+    ema = ParameterEma(float(cfg["ema-decay"]))
     t_run = time.perf_counter()
     history = rundir.read_metrics() if start_round > 1 else []
     if start_round == 1:
@@ -106,9 +109,10 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
                 break
             if new_arrays is not None:
                 arrays = new_arrays
+                released = ema.update(arrays)
             if float(cfg["fraction-evaluate"]) > 0:
-                _client_side_evaluation(strategy, grid, server_round, arrays, float(cfg["round-timeout"]))
-            loss, acc = evaluate(arrays)
+                _client_side_evaluation(strategy, grid, server_round, released, float(cfg["round-timeout"]))
+            loss, acc = evaluate(released)
             row = {
                 "round": server_round, "accuracy": acc, "loss": loss,
                 "epsilon_max": roster.epsilon_max() if dp else None,
@@ -134,7 +138,7 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
         rounds_completed=rounds_done, stop_reason=stop_reason, final_accuracy=float(last["accuracy"]),
         final_loss=float(last["loss"]) if last.get("loss") is not None else float("nan"),
         epsilon_max=roster.epsilon_max() if dp else None, epsilons=roster.epsilons(),
-        seconds=time.perf_counter() - t_run, arrays=arrays, history=history)
+        seconds=time.perf_counter() - t_run, arrays=released, history=history)
 
 
 def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> None:

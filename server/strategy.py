@@ -6,7 +6,8 @@ Differences from stock ``FedAvg``, each for a reason:
 - error replies are expected: a budget decline marks the client exhausted, any other error or a
   missing reply is a drop; neither stops the round;
 - the server records every received release in its own ledger before aggregating;
-- a server learning rate scales the averaged update; the federation's epsilon is a max, not a mean.
+- a server optimizer (learning rate, momentum: server/averaging.py) steps with the averaged update;
+  the federation's epsilon is a max, not a mean.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Iterable
 
-import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from privacy import DpSgdRelease, wire
+from server.averaging import ServerOptimizer
 from server.roster import Roster
 
 log = logging.getLogger("dpfl.server")
@@ -31,7 +30,7 @@ log = logging.getLogger("dpfl.server")
 
 class DpFedAvg(FedAvg):
     def __init__(self, *, roster: Roster, num_clients: int, fraction_train: float, min_train_clients: int,
-                 fraction_evaluate: float, server_learning_rate: float, seed: int) -> None:
+                 fraction_evaluate: float, server_optimizer: ServerOptimizer, seed: int) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=max(fraction_evaluate, 1e-9),
                          min_train_nodes=min_train_clients, min_evaluate_nodes=0 if fraction_evaluate == 0 else 1,
                          min_available_nodes=min_train_clients, weighted_by_key="num-examples",
@@ -39,7 +38,7 @@ class DpFedAvg(FedAvg):
         self.fraction_evaluate = fraction_evaluate  # 0 (the default) is deliberate: no warning for it
         self.roster = roster
         self.num_clients = num_clients
-        self.server_learning_rate = server_learning_rate
+        self.server_optimizer = server_optimizer
         self.rng = random.Random(seed)
         self.stop_reason = ""
         self._sent_arrays: ArrayRecord | None = None
@@ -105,17 +104,6 @@ class DpFedAvg(FedAvg):
         averaged, _ = super().aggregate_train(server_round, good)
         if averaged is None:
             return None, None
-        arrays = self._apply_server_learning_rate(averaged)
+        arrays = averaged if self._sent_arrays is None else self.server_optimizer.step(self._sent_arrays, averaged)
         metrics = MetricRecord({"participants": len(good), "epsilon-max": self.roster.epsilon_max()})
         return arrays, metrics
-
-    def _apply_server_learning_rate(self, averaged: ArrayRecord) -> ArrayRecord:
-        if self.server_learning_rate == 1.0 or self._sent_arrays is None:
-            return averaged
-        lr = self.server_learning_rate
-        old = self._sent_arrays.to_numpy_ndarrays()
-        new = averaged.to_numpy_ndarrays()
-        stepped = [o + lr * (n - o) if np.issubdtype(o.dtype, np.floating) else n
-                   for o, n in zip(old, new, strict=True)]
-        return ArrayRecord(OrderedDict(
-            (k, torch.from_numpy(np.ascontiguousarray(a))) for k, a in zip(averaged.keys(), stepped, strict=True)))

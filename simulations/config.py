@@ -94,6 +94,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("momentum", 0.9, "SGD momentum", check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
     Option("server-learning-rate", 1.0, "server step size applied to the averaged update", check=_positive,
            allowed="a number > 0"),
+    Option("server-momentum", 0.0, "server momentum on the averaged update (FedAvgM; 0: plain FedAvg)",
+           check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+    Option("ema-decay", 0.0, "the released model is an exponential moving average of the global models over "
+           "rounds with this decay (0: the last model); post-processing, no privacy cost",
+           check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
     Option("aggregation-weights", "declared", "FedAvg weights: declared dataset sizes (public by "
            "declaration) or uniform", choices=("declared", "uniform")),
     # differential privacy
@@ -113,7 +118,7 @@ OPTIONS: tuple[Option, ...] = (
            check=_open_unit_or_zero, allowed="0 (auto) or a number in (0, 1)"),
     Option("accountant", "pld", "accountant for reported epsilon", choices=("pld", "prv", "rdp")),
     Option("grad-sample-mode", "auto", "how per-sample gradients are computed (auto: the fastest exact mode "
-           "measured for the model, see bench/dp_step.py)", choices=("auto", "hooks", "ghost", "functorch")),
+           "measured for the model, see bench/dp_step.py)", choices=("auto", "bk", "hooks", "ghost", "functorch")),
     Option("private-metrics", False, "also send loss/accuracy on clients' private data (NOT covered by DP)"),
     Option("deterministic-noise", False, "TEST ONLY: seed noise from --seed; the run is NOT PRIVATE"),
     # run
@@ -304,13 +309,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(f"--{option.key}", dest=option.key, default=None, metavar="VALUE",
                                help=help_text)
+    from simulations.presets import PRESETS, preset_help
+
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS), metavar="NAME",
+                        help=f"a named recipe applied before the config file and flags ({preset_help()})")
     parser.add_argument("--config", dest="config_file", default=None, help="TOML file with run config keys")
     parser.add_argument("--run-config", dest="run_config_string", default=None,
                         help='Flower-style overrides: "key=value key2=value2"')
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults < --config file < --run-config < explicit flags."""
+    """Defaults < --preset < --config file < --run-config < explicit flags."""
+    from simulations.presets import preset_values
+
+    preset = preset_values(args.preset) if getattr(args, "preset", None) else {}
     layers: list[Mapping[str, Any]] = []
     if getattr(args, "config_file", None):
         layers.append(load_toml(args.config_file))
@@ -318,7 +330,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         layers.append(parse_run_config_string(args.run_config_string))
     flags = {o.key: getattr(args, o.key) for o in OPTIONS if getattr(args, o.key, None) is not None}
     layers.append(flags)
-    return resolve(*layers, sigma_rule_layer(layers))
+    # the sigma rule reads only what the user gave: a preset's target epsilon must not override their sigma
+    return resolve(preset, *layers, sigma_rule_layer(layers))
 
 
 def sigma_rule_layer(layers: Sequence[Mapping[str, Any]]) -> dict[str, Scalar]:

@@ -10,8 +10,9 @@
 
 Partitions of the other datasets come from flwr-datasets partitioners run on a label-only table, so only
 indices move; client data are index selections of the shared tensors. Each client's records are split
-into local train / validation with a stream seeded by (seed, partition id). Results are cached per
-process; treat the returned tensors as read-only, they are shared between callers.
+into local train / validation with a stream seeded by (seed, partition id). Partitions are cached on
+disk (simulations.partition_cache), everything else per process; treat the returned tensors as
+read-only, they are shared between callers.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from simulations.partition_cache import cached_partitions
 
 # name -> (per-example input shape, number of classes): known without loading anything.
 DATASETS: dict[str, tuple[tuple[int, ...], int]] = {
@@ -225,7 +228,7 @@ def _run_partitioner(partitioner: Any, table: Any, num_partitions: int) -> list[
     partitioner.dataset = table
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Dirichlet resampling warns on each retry; we report failure once
-        parts = [partitioner.load_partition(k).with_format("numpy")[:]["idx"] for k in range(num_partitions)]
+        parts = [partitioner.load_partition(k)["idx"] for k in range(num_partitions)]  # one column: fast
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
@@ -346,8 +349,11 @@ def _partitions(key: _DataKey) -> tuple[np.ndarray, ...]:
     ds = _dataset(key)
     if ds.natural_partitions is not None:
         return ds.natural_partitions
-    parts = partition_indices(ds.train_y.numpy(), key.num_clients, key.partition, seed=key.seed,
-                              dirichlet_alpha=key.dirichlet_alpha, shards_per_client=key.shards_per_client)
+    labels = ds.train_y.numpy()
+    params = (key.num_clients, key.partition, key.seed, key.dirichlet_alpha, key.shards_per_client)
+    parts = cached_partitions(labels, params, lambda: partition_indices(
+        labels, key.num_clients, key.partition, seed=key.seed, dirichlet_alpha=key.dirichlet_alpha,
+        shards_per_client=key.shards_per_client))
     return tuple(parts)
 
 

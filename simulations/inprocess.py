@@ -84,6 +84,7 @@ class InProcessGrid(Grid):
                                              state=RecordDict(), run_config=dict(run_config))
         self.workers = max(1, workers)
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._warming: list[cf.Future] = []
         self._ids = itertools.count(1)
         self._inbox: dict[str, Message] = {}
         set_task_identity(run_id, SERVER_NODE_ID)
@@ -104,11 +105,26 @@ class InProcessGrid(Grid):
                 initargs=(self.client_app_ref, 1))
         return self._pool
 
-    def warm_up(self) -> None:
-        """Start the workers and let each load the app (and, through it, the data) before round 1."""
+    def warm_up(self, *, wait: bool = True) -> None:
+        """Start the workers and let each load the app (and, through it, the data) before round 1.
+        With ``wait=False`` they start in the background while the caller sets up the server; the first
+        round waits for them, and an error in a worker's start-up is raised there."""
         pool = self._ensure_pool()
         if pool is not None:
-            list(pool.map(_noop, range(self.workers)))
+            self._warming = [pool.submit(_noop, i) for i in range(self.workers)]
+            if wait:
+                self._finish_warm_up()
+
+    def _finish_warm_up(self) -> None:
+        warming, self._warming = self._warming, []
+        for fut in warming:
+            fut.result()
+
+    def release_workers(self) -> None:
+        """Let the workers exit in the background once the last round is done (the caller can write its
+        report meanwhile); ``close`` still waits for them."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -148,6 +164,7 @@ class InProcessGrid(Grid):
         for m in messages:
             m.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
         pool = self._ensure_pool()
+        self._finish_warm_up()
         if pool is None:
             replies = []
             for m in messages:

@@ -75,9 +75,12 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
         simulate_on_ray(cfg, path)
         return SimulationOutcome(path, None, sigmas)
     holder: dict[str, FederationResult] = {}
+    grids: list[InProcessGrid] = []
 
     def on_finish(result: FederationResult, rundir: RunDirectory, wall: float) -> None:
         holder["result"] = result
+        for grid in grids:  # training is over: workers exit while the report is written
+            grid.release_workers()
         apps.finish_run(result, rundir, wall)
 
     apps.HOOKS.reporter_factory = (lambda: reporter) if reporter is not None else None
@@ -86,7 +89,8 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
     try:
         with InProcessGrid(client_app_ref="simulations.apps:clientapp", run_config=cfg.as_dict(),
                            num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg)) as grid:
-            grid.warm_up()
+            grids.append(grid)
+            grid.warm_up(wait=False)  # workers import and load data while the server sets up
             context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                               run_config=cfg.as_dict())
             apps.serverapp(grid, context)

@@ -106,3 +106,16 @@ def test_too_small_or_flat_inputs_name_the_model_and_minimum(name: str, shape: t
 def test_check_input_shape_accepts_what_builds() -> None:
     for name, shape in CASES:
         check_input_shape(name, shape)
+
+
+def test_fast_max_pool_matches_max_pool_with_and_without_autograd() -> None:
+    from models.zoo import FastMaxPool2d
+
+    x = torch.randn(5, 3, 11, 8, requires_grad=True)
+    stock, fast = nn.MaxPool2d(2, 1), FastMaxPool2d(2, 1)
+    with torch.no_grad():
+        assert torch.equal(fast(x), stock(x))  # the fast inference path
+    g = torch.randn(5, 3, 10, 7)
+    assert torch.equal(torch.autograd.grad(fast(x), x, g)[0], torch.autograd.grad(stock(x), x, g)[0])
+    with torch.no_grad():  # other shapes take the stock path
+        assert torch.equal(FastMaxPool2d(3, 2)(x), nn.MaxPool2d(3, 2)(x))

@@ -1,0 +1,80 @@
+"""What the server does with the averaged client model: a server optimizer step and an EMA of the iterates.
+
+Both act only on the aggregate of already-privatised client updates, so they are post-processing: they
+change accuracy, never epsilon.
+
+- ``ServerOptimizer``: FedAvgM (Hsu et al. 2019). With ``delta_t = average_t - x_t`` it keeps
+  ``v_t = momentum * v_{t-1} + delta_t`` and sets ``x_{t+1} = x_t + lr * v_t``; momentum 0 and lr 1 is
+  plain FedAvg. Momentum carries the signal of past rounds forward while the clients' independent noise
+  partly cancels.
+- ``ParameterEma``: the released (evaluated, saved) model is an exponential moving average of the
+  training iterates, ``e_t = decay * e_{t-1} + (1 - decay) * x_t`` with ``e_1 = x_1``; clients keep
+  training from ``x_t``. Averaging iterates removes part of the DP noise each round adds (De et al. 2022
+  average parameters for the same reason).
+Only floating-point arrays are averaged or stepped; integer buffers are taken from the newest model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+
+def _to_record(keys: list[str], arrays: list[np.ndarray]) -> ArrayRecord:
+    # torch.as_tensor keeps 0-d buffers 0-d (np.ascontiguousarray would make them 1-d)
+    return ArrayRecord(OrderedDict((k, torch.as_tensor(a).contiguous()) for k, a in zip(keys, arrays, strict=True)))
+
+
+def _floating(a: np.ndarray) -> bool:
+    return bool(np.issubdtype(a.dtype, np.floating))
+
+
+class ServerOptimizer:
+    """Server learning rate and momentum applied to the averaged client model (see module docstring)."""
+
+    def __init__(self, learning_rate: float = 1.0, momentum: float = 0.0) -> None:
+        self.learning_rate = float(learning_rate)
+        self.momentum = float(momentum)
+        self.velocity: list[np.ndarray] | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.learning_rate == 1.0 and self.momentum == 0.0
+
+    def step(self, sent: ArrayRecord, averaged: ArrayRecord) -> ArrayRecord:
+        """The next global model from the one sent to the clients and the average of their models."""
+        if self.is_identity:
+            return averaged
+        old, new = sent.to_numpy_ndarrays(), averaged.to_numpy_ndarrays()
+        deltas = [n - o if _floating(o) else np.zeros_like(o) for o, n in zip(old, new, strict=True)]
+        if self.velocity is None or self.momentum == 0.0:
+            self.velocity = deltas
+        else:
+            self.velocity = [self.momentum * v + d for v, d in zip(self.velocity, deltas, strict=True)]
+        stepped = [o + self.learning_rate * v if _floating(o) else n
+                   for o, n, v in zip(old, new, self.velocity, strict=True)]
+        return _to_record(list(averaged.keys()), stepped)
+
+
+class ParameterEma:
+    """Exponential moving average of the global model over rounds; decay 0 releases the iterate itself."""
+
+    def __init__(self, decay: float = 0.0) -> None:
+        self.decay = float(decay)
+        self.average: list[np.ndarray] | None = None
+
+    def update(self, iterate: ArrayRecord) -> ArrayRecord:
+        """Fold in this round's iterate and return the model to release."""
+        if self.decay == 0.0:
+            return iterate
+        current = iterate.to_numpy_ndarrays()
+        if self.average is None:
+            self.average = [a.copy() for a in current]
+        else:
+            self.average = [self.decay * e + (1.0 - self.decay) * x if _floating(x) else x
+                            for e, x in zip(self.average, current, strict=True)]
+        return _to_record(list(iterate.keys()), [a.astype(x.dtype, copy=False)
+                                                 for a, x in zip(self.average, current, strict=True)])
