@@ -55,6 +55,15 @@ def _client_setup(cfg: RunConfig, partition_id: int, client_id: str) -> ClientSe
                        num_classes=num_classes)
 
 
+def preload_data(run_config: dict[str, Any]) -> None:
+    """Load the dataset and its partitions into this process's caches. The in-process engine's workers
+    call it while they start, so the first round does not wait for it; a data error surfaces there too."""
+    cfg = _cached_config(tuple(sorted(run_config.items())))
+    values = cfg.as_dict()
+    declared_sizes(values)
+    load_test_set(values)
+
+
 def client_setup(context: Context) -> ClientSetup:
     cfg = _cached_config(tuple(sorted(dict(context.run_config).items())))
     node = dict(context.node_config)

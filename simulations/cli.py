@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "engine", None) == "inprocess" and args.func is cmd_simulate:
+        from simulations import worker_server
+
+        worker_server.start()  # imports the workers' modules on the other core while this process imports
     _setup_logging(args.verbose)
     return int(args.func(args) or 0)
 

@@ -27,6 +27,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from privacy import wire
+from simulations import worker_server
 
 log = logging.getLogger("dpfl.engine")
 SERVER_NODE_ID = 1
@@ -47,10 +48,12 @@ def set_task_identity(run_id: int, node_id: int, task_id: int = 1) -> None:
 _WORKER_APP: ClientApp | None = None
 
 
-def _worker_init(app_ref: str, threads: int) -> None:
+def _worker_init(app_ref: str, threads: int, preload_ref: str | None, run_config: dict[str, Any]) -> None:
     global _WORKER_APP
     torch.set_num_threads(threads)
     _WORKER_APP = _load_app(app_ref)
+    if preload_ref:
+        _load_app(preload_ref)(run_config)
 
 
 def _handle(message: Message, context: Context, app_ref: str | None = None) -> tuple[Message, Context]:
@@ -71,8 +74,10 @@ class InProcessGrid(Grid):
     """A Grid whose nodes are virtual clients served by this process or a worker pool."""
 
     def __init__(self, *, client_app_ref: str, run_config: Mapping[str, Any], num_nodes: int, workers: int,
-                 run_id: int = 1, node_configs: list[dict[str, Any]] | None = None) -> None:
+                 run_id: int = 1, node_configs: list[dict[str, Any]] | None = None,
+                 worker_preload_ref: str | None = None) -> None:
         self.client_app_ref = client_app_ref
+        self.worker_preload_ref = worker_preload_ref  # "module:function(run_config)" each worker calls at start
         self._run = Run.create_empty(run_id=run_id)
         self._run.override_config = dict(run_config)
         base = 10_000
@@ -101,9 +106,14 @@ class InProcessGrid(Grid):
             return None
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                initargs=(self.client_app_ref, 1))
+                max_workers=self.workers, mp_context=self._worker_context(), initializer=_worker_init,
+                initargs=(self.client_app_ref, 1, self.worker_preload_ref, dict(self._run.override_config)))
         return self._pool
+
+    def _worker_context(self) -> mp.context.BaseContext:
+        """Workers forked from a fork server that has imported the apps once (simulations.worker_server)."""
+        refs = (self.client_app_ref, self.worker_preload_ref)
+        return worker_server.context(tuple(dict.fromkeys(r.partition(":")[0] for r in refs if r)))
 
     def warm_up(self, *, wait: bool = True) -> None:
         """Start the workers and let each load the app (and, through it, the data) before round 1.

@@ -17,7 +17,27 @@ class Preset:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS: dict[str, Preset] = {
+    # The best recipe found for Fashion-MNIST, 10 IID clients, per-client epsilon 3 (delta 1e-5, PLD), one
+    # seed each, `dpfl simulate --run-config "target-epsilon=3 delta=1e-5 validation-fraction=0 ..."`:
+    #   10 rounds x 2 epochs, batch 128, lr 0.1 (the old defaults)       80.0 %
+    #   + ema-decay 0.5                                                   80.3 %
+    #   + server-momentum 0.5                                             80.8 %
+    #   10 rounds x 3 epochs, batch 256, lr 0.2                           80.4 %
+    #   20 rounds x 1 epoch, batch 128, lr 0.1                            81.0 %  (+ momentum 0.5, EMA 0.5: 81.7 %)
+    #   40 rounds x 1 epoch, batch 128, lr 0.1                            81.9 %
+    #   30 rounds x 1 epoch, batch 256, lr 0.2  <- this preset            82.5 %  (+ momentum 0.5, EMA 0.5: 82.2 %)
+    #   40 rounds x 1 epoch, batch 512, lr 0.4, server momentum 0.5       82.6 %  (25 % slower)
+    # More, shorter rounds with larger batches win: the clients drift less between averagings, and at a
+    # fixed epsilon a larger batch buys a smaller noise-to-signal ratio per step. bench/accuracy.py
+    # measures it over seeds, with Dirichlet(0.5) and the centralised ceiling. It is also the default.
+    "fashion-mnist-accurate": Preset(
+        description="Fashion-MNIST, 10 clients, tanh CNN, per-client epsilon 3: 30 rounds x 1 epoch, batch 256, "
+                    "lr 0.2 (the defaults, pinned)",
+        values={"dataset": "fashion-mnist", "num-clients": 10, "model": "cnn", "num-server-rounds": 30,
+                "local-epochs": 1, "batch-size": 256, "learning-rate": 0.2, "momentum": 0.9,
+                "max-grad-norm": 1.0, "target-epsilon": 3.0}),
+}
 
 
 class UnknownPresetError(ValueError):

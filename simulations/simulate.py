@@ -88,7 +88,8 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
     apps.HOOKS.run_path = path
     try:
         with InProcessGrid(client_app_ref="simulations.apps:clientapp", run_config=cfg.as_dict(),
-                           num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg)) as grid:
+                           num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg),
+                           worker_preload_ref="simulations.apps:preload_data") as grid:
             grids.append(grid)
             grid.warm_up(wait=False)  # workers import and load data while the server sets up
             context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),

@@ -81,3 +81,30 @@ def test_cli_config_file_and_flag_precedence(tmp_path: Path) -> None:
     args = build_parser().parse_args(["simulate", "--config", str(toml), "--batch-size", "16"])
     cfg = config_from_args(args)
     assert cfg["num-clients"] == 4 and cfg["batch-size"] == 16
+
+
+def test_preset_is_a_layer_under_the_users_own_values(tmp_path: Path) -> None:
+    from simulations.cli import build_parser
+    from simulations.config import config_from_args
+    from simulations.presets import PRESETS
+
+    name = "fashion-mnist-accurate"
+    cfg = config_from_args(build_parser().parse_args(["simulate", "--preset", name]))
+    assert {k: cfg[k] for k in PRESETS[name].values} == pytest.approx(PRESETS[name].values)
+    toml = tmp_path / "run.toml"
+    toml.write_text("num-server-rounds = 3\n")
+    cfg = config_from_args(build_parser().parse_args(["simulate", "--preset", name, "--config", str(toml),
+                                                      "--batch-size", "64"]))
+    assert (cfg["num-server-rounds"], cfg["batch-size"], cfg["learning-rate"]) == (3, 64, 0.2)
+    # the user's explicit sigma turns the preset's calibration off, as it does the default's
+    cfg = config_from_args(build_parser().parse_args(["simulate", "--preset", name, "--noise-multiplier", "1.5"]))
+    assert cfg["target-epsilon"] == 0.0 and cfg["noise-multiplier"] == 1.5
+
+
+def test_unknown_preset_is_a_usage_error_listing_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulations.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--preset", "fastest-ever"])
+    assert exc.value.code == 2
+    assert "fashion-mnist-accurate" in capsys.readouterr().err
