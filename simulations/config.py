@@ -69,7 +69,8 @@ OPTIONS: tuple[Option, ...] = (
            allowed="a number > 0"),
     Option("shards-per-client", 2, "label shards per client for --partition shards", check=lambda v: v >= 1,
            allowed="an integer >= 1"),
-    Option("validation-fraction", 0.1, "fraction of each client's records kept for local validation",
+    Option("validation-fraction", 0.0, "fraction of each client's records kept for local validation (used only "
+           "by client-side evaluation, fraction-evaluate > 0; 0 trains on every record)",
            check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
     Option("synthetic-alpha", 1.0, "Synthetic(alpha, beta): model heterogeneity", check=_non_negative,
            allowed="a number >= 0"),
@@ -263,6 +264,9 @@ def _check_combinations(values: Mapping[str, Scalar]) -> None:
             f"min-train-clients={values['min-train-clients']} is not valid: expected at most num-clients "
             f"({values['num-clients']})"
         )
+    if float(values["fraction-evaluate"]) > 0 and float(values["validation-fraction"]) == 0:
+        raise ConfigError(f"fraction-evaluate={values['fraction-evaluate']} needs a local validation split to "
+                          "evaluate on: set validation-fraction > 0 (e.g. 0.1)")
     if float(values["epsilon-budget"]) and not values["dp"]:
         raise ConfigError("epsilon-budget needs dp=true: without DP there is no epsilon to budget")
 

@@ -54,7 +54,7 @@ MIN_PARTITION_SIZE = 10  # Dirichlet partitions below this are resampled; DP on 
 # caller passes a partial mapping.
 CONFIG_DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist", "data-dir": "", "num-clients": 10, "partition": "iid", "dirichlet-alpha": 0.5,
-    "shards-per-client": 2, "validation-fraction": 0.1, "seed": 42, "synthetic-alpha": 1.0,
+    "shards-per-client": 2, "validation-fraction": 0.0, "seed": 42, "synthetic-alpha": 1.0,
     "synthetic-beta": 1.0,
 }
 

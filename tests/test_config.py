@@ -39,6 +39,7 @@ def test_defaults_resolve() -> None:
         ({"nosie-multiplier": 1.0}, "unknown config key 'nosie-multiplier'"),
         ({"max-participations": 20, "num-server-rounds": 5}, "max-participations=20"),
         ({"dp": False, "epsilon-budget": 3.0}, "needs dp=true"),
+        ({"fraction-evaluate": 0.5}, "set validation-fraction > 0"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(overrides: dict, needle: str) -> None:

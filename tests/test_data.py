@@ -219,6 +219,6 @@ def test_fashion_mnist_from_the_debian_package() -> None:
     assert ds.train_x.dtype == torch.float32 and ds.train_y.dtype == torch.int64
     assert np.array_equal(np.bincount(ds.train_y.numpy()), np.full(10, 6000))
     assert abs(float(ds.train_x.mean())) < 0.01 and abs(float(ds.train_x.std()) - 1) < 0.01
-    cfg = {**CONFIG_DEFAULTS, "num-clients": 10}
+    cfg = {**CONFIG_DEFAULTS, "num-clients": 10, "validation-fraction": 0.1}
     sizes = declared_sizes(cfg)
     assert sum(sizes) == 54000 and load_client_data(cfg, 9).declared_records == sizes[9]
