@@ -40,7 +40,7 @@ def _require_image(model: str, input_shape: tuple[int, ...], min_size: int) -> N
 
 class FastMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` with a fast inference path for the 2 x 2, stride 1 pooling of the tanh CNN: without
-    autograd, the elementwise maximum of four shifted views gives the same values 20-40x faster than
+    autograd, the elementwise maximum of four shifted views gives the same values 18-37x faster than
     PyTorch's CPU kernel for this shape (which also computes argmax indices). Training takes the stock path,
     so gradients are exactly nn.MaxPool2d's. Server-side evaluation is most of a small round's time."""
 
