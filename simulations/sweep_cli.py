@@ -20,17 +20,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from simulations.config import OPTIONS, ConfigError, parse_run_config_string
+from simulations.progress import LiveBar
 
 EXIT_BAD_INPUT = 2
 SWEEP_TABLES = {"sweep", "base", "grid", "random"}
@@ -104,23 +97,14 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     return spec_from_dict(data)
 
 
-class RichSweepProgress:
+class RichSweepProgress(LiveBar):
     """A bar over points with an ETA, and one line per finished point."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress: Progress | None = None
 
     def start(self, total: int, reused: int) -> None:
         if reused:
             self.console.print(f"reusing {reused} finished point(s) from an earlier run of this sweep")
-        if not total:
-            return
-        self.progress = Progress(TextColumn("[bold]points"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=self.console, transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task("points", total=total)
+        if total:
+            self.start_bar("points", total)
 
     def point_done(self, point: Any, outcome: Mapping[str, Any]) -> None:
         from simulations.sweep_report import fmt_value
@@ -136,13 +120,7 @@ class RichSweepProgress:
             error = escape(str(outcome.get("error", "")))
             line = f"[red]✗[/] {point.id} {point.kind:<8} {error}  {wall}  {escape(params)}"
         self.console.print(line, highlight=False)
-        if self.progress is not None:
-            self.progress.advance(self.task)
-
-    def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        self.advance()
 
 
 def print_results(console: Console, outcome: Any, axes: list[str]) -> None:
