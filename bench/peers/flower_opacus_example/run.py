@@ -8,6 +8,8 @@ off and one thread per process, on free local ports (so a concurrent run elsewhe
 neither reused nor disturbed). ``flwr run`` starts a detached local SuperLink (which starts the Ray
 simulation); every process it spawns inherits a marker in its environment, and all marked processes are
 stopped afterwards: the SuperLink, the simulation and Ray's daemons, which a process group would miss.
+The marker, free ports and TOML values come from dpfl's own launcher (simulations.launch), as the app's
+model and data come from dpfl: only how the work is run differs from dpfl.
 
 FILE gets {"round_seconds", "final_accuracy", "epsilon_max" (the per-round epsilon the peer reports for
 its last round, as Flower's Opacus example prints it: NOT cumulative), "wall_seconds_inner", "rounds"}.
@@ -21,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from simulations.launch import MARKER_ENV, free_ports, pids_with_marker, toml_value
+
 APP_DIR = Path(__file__).resolve().parent
-MARKER = "PEER_APP_RUN_MARKER"
 STOP_GRACE_SECONDS = 10.0
 
 
@@ -62,58 +64,23 @@ def parse_overrides(text: str, defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def toml_dumps(values: dict[str, Any]) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-    return "".join(f"{k} = {fmt(v)}\n" for k, v in values.items())
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def marked_pids(value: str) -> list[int]:
-    """Processes whose environment carries our marker (readable ones; never this process)."""
-    needle = f"{MARKER}={value}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 
 
 def stop_marked(value: str) -> list[int]:
     """SIGTERM every marked process, SIGKILL what is left after a grace period; returns what was found."""
-    found = marked_pids(value)
+    found = pids_with_marker(value)
     for pid in found:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while (left := marked_pids(value)) and time.monotonic() < deadline:
+    while (left := pids_with_marker(value)) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
-    if still := marked_pids(value):
+    if still := pids_with_marker(value):
         print(f"warning: processes still alive after SIGKILL: {still}", file=sys.stderr)
     return found
 
@@ -147,7 +114,7 @@ def main() -> None:
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
            "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           MARKER: marker}
+           MARKER_ENV: marker}
     cmd = ["flwr", "run", str(APP_DIR), "--federation-config",
            f"num-supernodes={int(cfg['num-clients'])} client-resources-num-cpus=1",
            "--run-config", str(overrides), "--stream"]
