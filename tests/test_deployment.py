@@ -108,6 +108,25 @@ def assert_nothing_left(fed: dict) -> None:
     assert stray == [], stray
 
 
+def launch_and_kill_client_1(run_path: Path, *, rounds: int, min_train_clients: int,
+                             timeout: float) -> tuple[int, dict]:
+    """`dpfl launch --clients 2` into ``run_path`` (log: launch.out beside it); once round 1 is written,
+    kill client-1's SuperNode tree and wait for dpfl to exit. Returns (exit code, federation.json)."""
+    proc = start_dpfl("launch", "--clients", "2", *cli_flags({
+        **BASE, "num-server-rounds": rounds, "round-timeout": SLOW_ROUND_TIMEOUT,
+        "min-train-clients": min_train_clients, "run-dir": run_path.parent, "run-name": run_path.name}),
+        log=run_path.parent / "launch.out")
+    try:
+        fed = federation(run_path)
+        wait_rounds(run_path, 1, proc)
+        kill_tree(fed["clients"]["client-1"]["pid"])  # round 2 is under way
+        return proc.wait(timeout=timeout), fed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
 def summary(run_path: Path) -> dict:
     return json.loads((run_path / "summary.json").read_text())
 
@@ -297,18 +316,8 @@ def test_tls_federation(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_client_killed_mid_run_is_dropped_and_the_run_completes(tmp_path: Path) -> None:
     run_path = tmp_path / "kill"
-    proc = start_dpfl("launch", "--clients", "2", *cli_flags({
-        **BASE, "num-server-rounds": 3, "round-timeout": SLOW_ROUND_TIMEOUT, "min-train-clients": 1,
-        "run-dir": tmp_path, "run-name": "kill"}), log=tmp_path / "launch.out")
-    try:
-        fed = federation(run_path)
-        wait_rounds(run_path, 1, proc)
-        kill_tree(fed["clients"]["client-1"]["pid"])  # round 2 is under way
-        assert proc.wait(timeout=300) == 0, (tmp_path / "launch.out").read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+    code, fed = launch_and_kill_client_1(run_path, rounds=3, min_train_clients=1, timeout=300)
+    assert code == 0, (tmp_path / "launch.out").read_text()[-4000:]
     out = (tmp_path / "launch.out").read_text()
     result = summary(run_path)
     assert result["rounds_completed"] == 3 and not result["stop_reason"]
@@ -327,18 +336,7 @@ def test_too_few_clients_left_ends_the_run_cleanly(tmp_path: Path) -> None:
     """min-train-clients=2 and one client gone: once Flower stops listing it (no heartbeat for ~60 s) the
     server stops and says why; until then a round waits for it at most round-timeout. Never forever."""
     run_path = tmp_path / "few"
-    proc = start_dpfl("launch", "--clients", "2", *cli_flags({
-        **BASE, "num-server-rounds": 5, "round-timeout": SLOW_ROUND_TIMEOUT, "min-train-clients": 2,
-        "run-dir": tmp_path, "run-name": "few"}), log=tmp_path / "launch.out")
-    try:
-        fed = federation(run_path)
-        wait_rounds(run_path, 1, proc)
-        kill_tree(fed["clients"]["client-1"]["pid"])
-        code = proc.wait(timeout=400)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+    code, fed = launch_and_kill_client_1(run_path, rounds=5, min_train_clients=2, timeout=400)
     result = summary(run_path)
     assert 1 <= result["rounds_completed"] < 5
     assert "min-train-clients" in result["stop_reason"], result["stop_reason"]
