@@ -353,7 +353,7 @@ def _partitions(key: _DataKey) -> tuple[np.ndarray, ...]:
     params = (key.num_clients, key.partition, key.seed, key.dirichlet_alpha, key.shards_per_client)
     parts = cached_partitions(labels, params, lambda: partition_indices(
         labels, key.num_clients, key.partition, seed=key.seed, dirichlet_alpha=key.dirichlet_alpha,
-        shards_per_client=key.shards_per_client))
+        shards_per_client=key.shards_per_client), lambda ps: _check_partition(ps, len(labels), key.partition))
     return tuple(parts)
 
 

@@ -41,26 +41,26 @@ def _key(labels: np.ndarray, params: tuple) -> str:
     return h.hexdigest()[:32]
 
 
-def _valid(parts: list[np.ndarray], n: int) -> bool:
-    flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-    return len(flat) == n and bool(np.array_equal(np.sort(flat), np.arange(n))) and all(len(p) for p in parts)
-
-
-def cached_partitions(labels: np.ndarray, params: tuple,
-                      compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
-    """``compute()``'s partitions for ``(labels, params)``, from the cache when a valid entry exists."""
+def cached_partitions(labels: np.ndarray, params: tuple, compute: Callable[[], list[np.ndarray]],
+                      check: Callable[[list[np.ndarray]], None]) -> list[np.ndarray]:
+    """``compute()``'s partitions for ``(labels, params)``, from the cache when an entry exists that
+    ``check`` (which raises on a bad partition) accepts."""
     directory = cache_dir()
     if directory is None:
         return compute()
     path = directory / "partitions" / f"{_key(labels, params)}.npz"
+    parts: list[np.ndarray] | None
     try:
         with np.load(path) as stored:
             parts = [stored[f"p{k}"] for k in range(len(stored.files))]
-        if _valid(parts, int(labels.shape[0])):
-            return parts
-        log.debug("partition cache entry %s is inconsistent; recomputing", path)
     except (OSError, ValueError, KeyError):
-        pass  # missing or unreadable: compute it
+        parts = None  # missing or unreadable: compute it
+    if parts is not None:
+        try:
+            check(parts)
+            return parts
+        except (ValueError, RuntimeError) as exc:  # the check's DataError, or arrays it cannot compare
+            log.debug("partition cache entry %s is inconsistent (%s); recomputing", path, exc)
     parts = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 
 from simulations import partition_cache
-from simulations.data import partition_indices
+from simulations.data import _check_partition, partition_indices
 
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(partition_cache.ENV, str(tmp_path))
     return tmp_path
+
+
+def _check(labels: np.ndarray):
+    return lambda parts: _check_partition(parts, len(labels), "dirichlet")
 
 
 def _compute_counter(labels: np.ndarray) -> tuple[list[int], object]:
@@ -30,24 +34,24 @@ def _compute_counter(labels: np.ndarray) -> tuple[list[int], object]:
 def test_second_call_is_served_from_disk_and_equal(cache: Path) -> None:
     labels = np.random.default_rng(0).integers(0, 10, 1000)
     calls, compute = _compute_counter(labels)
-    first = partition_cache.cached_partitions(labels, ("p",), compute)
-    second = partition_cache.cached_partitions(labels, ("p",), compute)
+    first = partition_cache.cached_partitions(labels, ("p",), compute, _check(labels))
+    second = partition_cache.cached_partitions(labels, ("p",), compute, _check(labels))
     assert len(calls) == 1
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
-    other = partition_cache.cached_partitions(labels, ("other",), compute)  # other parameters, other entry
+    other = partition_cache.cached_partitions(labels, ("other",), compute, _check(labels))  # another entry
     assert len(calls) == 2 and len(other) == 5
 
 
 def test_corrupt_or_inconsistent_entries_are_recomputed(cache: Path) -> None:
     labels = np.random.default_rng(1).integers(0, 10, 500)
     calls, compute = _compute_counter(labels)
-    want = partition_cache.cached_partitions(labels, ("p",), compute)
+    want = partition_cache.cached_partitions(labels, ("p",), compute, _check(labels))
     (entry,) = (cache / "partitions").glob("*.npz")
     entry.write_bytes(b"not an npz file")
-    assert all(np.array_equal(a, b) for a, b in zip(want, partition_cache.cached_partitions(labels, ("p",), compute),
-                                                    strict=True))
+    again = partition_cache.cached_partitions(labels, ("p",), compute, _check(labels))
+    assert all(np.array_equal(a, b) for a, b in zip(want, again, strict=True))
     np.savez(entry, p0=np.arange(10), p1=np.arange(10))  # readable, but records at two clients
-    partition_cache.cached_partitions(labels, ("p",), compute)
+    partition_cache.cached_partitions(labels, ("p",), compute, _check(labels))
     assert len(calls) == 3
 
 
@@ -56,6 +60,6 @@ def test_off_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Path, "home", lambda: tmp_path)
     labels = np.arange(100) % 10
     calls, compute = _compute_counter(labels)
-    partition_cache.cached_partitions(labels, ("p",), compute)
-    partition_cache.cached_partitions(labels, ("p",), compute)
+    partition_cache.cached_partitions(labels, ("p",), compute, _check(labels))
+    partition_cache.cached_partitions(labels, ("p",), compute, _check(labels))
     assert len(calls) == 2 and not list(tmp_path.rglob("*.npz"))
