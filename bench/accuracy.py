@@ -56,7 +56,7 @@ def _recipe(preset: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def federated(cfg: dict[str, Any], name: str, workdir: Path) -> dict[str, Any]:
-    job = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in cfg.items() if v != ""}
+    job = {k: v for k, v in cfg.items() if v != ""}
     res = run_engine("inprocess", job, workdir, name=name)
     return {"accuracy": res["final_accuracy"], "epsilon_max": res["epsilon_max"], "wall_seconds": res["wall_seconds"],
             "exit_code": res["exit_code"], "error_tail": res["error_tail"]}

@@ -26,7 +26,8 @@ def engine_command(engine: str, flags: list[str]) -> list[str]:
 
 def run_engine(engine: str, job: dict[str, Any], out_dir: Path, name: str = "") -> dict[str, Any]:
     """One run as a user would start it (a fresh `dpfl` process); timings from its run directory."""
-    flags = [f"--{k}={v}" for k, v in {**job, "run-dir": out_dir, "run-name": name or engine}.items()]
+    values = {**job, "run-dir": out_dir, "run-name": name or engine}
+    flags = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
     t0 = time.perf_counter()
     proc = subprocess.run(engine_command(engine, flags), cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+from dpfl_runs import run_engine  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 TASKS = {
     "reference": {"dataset": "fashion-mnist", "num-clients": 10, "partition": "iid", "num-server-rounds": 10,
                   "fraction-train": 1.0, "local-epochs": 1, "batch-size": 64, "optimizer": "sgd",
@@ -39,18 +42,10 @@ def _run_config(cfg: dict) -> str:
 
 
 def _dpfl(cfg: dict, engine: str, workdir: Path) -> dict:
-    name = f"{engine}-{int(time.time() * 1000)}"
-    cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--engine", engine, "--run-config", _run_config(cfg),
-           "--run-dir", str(workdir), "--run-name", name]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        return {"error": (proc.stderr or proc.stdout)[-2000:], "wall_seconds": wall}
-    run = workdir / name
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return {"wall_seconds": wall, "round_seconds": [r["seconds"] for r in rows],
-            "final_accuracy": rows[-1]["accuracy"], "epsilon_max": rows[-1]["epsilon_max"]}
+    res = run_engine(engine, cfg, workdir, name=f"{engine}-{int(time.time() * 1000)}")
+    if res["exit_code"] != 0:
+        return {"error": res["error_tail"], "wall_seconds": res["wall_seconds"]}
+    return {k: res[k] for k in ("wall_seconds", "round_seconds", "final_accuracy", "epsilon_max")}
 
 
 def _plain(cfg: dict, workers: int) -> dict:
