@@ -24,18 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from privacy import (  # noqa: E402  (the repository root must be importable first)
+from dpfl.privacy import (
     DpSgdRelease,
     clear_caches,
     epsilon,
     epsilon_per_release,
     steps_per_round,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 TARGETS = {"rdp_table_s": 10.0, "pld_final_s": 60.0}
 DELTA = 1e-5

@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from dpfl_runs import run_engine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -45,8 +43,8 @@ BASE = {"dataset": "fashion-mnist", "num-clients": 10, "delta": DELTA, "accounta
 
 
 def _recipe(preset: str, overrides: list[str]) -> dict[str, Any]:
-    from simulations.config import resolve
-    from simulations.presets import preset_values
+    from dpfl.simulations.config.options import resolve
+    from dpfl.simulations.config.presets import preset_values
 
     values: dict[str, Any] = preset_values(preset) if preset else {}
     for item in overrides:
@@ -65,14 +63,13 @@ def federated(cfg: dict[str, Any], name: str, workdir: Path) -> dict[str, Any]:
 def centralised(cfg: dict[str, Any]) -> dict[str, Any]:
     """DP-SGD on the pooled data at the federated run's effective noise (see module docstring)."""
     import torch
-
-    from client.app import noise_multiplier_for, train_settings
-    from client.randomness import dp_generators
-    from client.training import train_locally
-    from models import build_model
-    from models.evaluation import evaluate_model
-    from privacy import DpSgdRelease, epsilon, steps_per_round
-    from simulations.data import declared_sizes, load_client_data, load_test_set
+    from dpfl.client.app import noise_multiplier_for, train_settings
+    from dpfl.client.randomness import dp_generators
+    from dpfl.client.training import train_locally
+    from dpfl.models import build_model
+    from dpfl.models.evaluation import evaluate_model
+    from dpfl.privacy import DpSgdRelease, epsilon, steps_per_round
+    from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
 
     t0 = time.perf_counter()
     k = int(cfg["num-clients"])
@@ -153,7 +150,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="", help="named recipe (simulations/presets.py); default: the defaults")
+    parser.add_argument("--preset", default="", help="named recipe (config/presets.py); default: the defaults")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument("--partitions", default="iid,dirichlet")
@@ -187,7 +184,7 @@ def main() -> None:
                     if fed["exit_code"] != 0:
                         line += f"  FAILED: {fed['error_tail'][-300:]}"
                     if partition == "iid" and not args.no_centralised:
-                        from simulations.config import resolve
+                        from dpfl.simulations.config.options import resolve
 
                         point["centralised"] = centralised(resolve(cfg).as_dict())
                         c = point["centralised"]

@@ -41,11 +41,9 @@ from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from client.bookkeeping import BookKeepingClipper  # noqa: E402
-from models import build_model  # noqa: E402
+from dpfl.client.bookkeeping import BookKeepingClipper  # noqa: E402
+from dpfl.models import build_model  # noqa: E402
 
 INPUTS: dict[str, tuple[int, ...]] = {"cnn": (1, 28, 28), "mlp": (1, 28, 28), "logreg": (1, 28, 28),
                                       "resnet": (3, 32, 32)}

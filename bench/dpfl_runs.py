@@ -18,7 +18,7 @@ ENGINES = ("inprocess", "launch", "ray")
 
 
 def engine_command(engine: str, flags: list[str]) -> list[str]:
-    base = [sys.executable, "-m", "simulations.cli"]
+    base = [sys.executable, "-m", "dpfl.simulations.cli.main"]
     if engine == "launch":
         return [*base, "launch", *flags]
     return [*base, "simulate", "--engine", engine, *flags]

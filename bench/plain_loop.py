@@ -26,10 +26,10 @@ def _init(cfg: dict[str, Any]) -> None:
 
 
 def _train_client(args: tuple[int, int, dict[str, torch.Tensor]]) -> tuple[int, dict[str, torch.Tensor], int, dict]:
-    from client.randomness import dp_generators
-    from client.training import TrainSettings, train_locally
-    from models import build_model
-    from simulations.data import load_client_data, load_test_set
+    from dpfl.client.randomness import dp_generators
+    from dpfl.client.training import TrainSettings, train_locally
+    from dpfl.models import build_model
+    from dpfl.simulations.data.datasets import load_client_data, load_test_set
 
     pid, server_round, weights = args
     cfg = _STATE["cfg"]
@@ -51,10 +51,10 @@ def _train_client(args: tuple[int, int, dict[str, torch.Tensor]]) -> tuple[int, 
 
 
 def run_plain(cfg: dict[str, Any], workers: int) -> dict[str, Any]:
-    from models import build_model
-    from models.evaluation import evaluate_model
-    from privacy import DpSgdRelease, epsilon
-    from simulations.data import declared_sizes, load_test_set
+    from dpfl.models import build_model
+    from dpfl.models.evaluation import evaluate_model
+    from dpfl.privacy import DpSgdRelease, epsilon
+    from dpfl.simulations.data.datasets import declared_sizes, load_test_set
 
     t0 = time.perf_counter()
     torch.set_num_threads(1)
@@ -93,13 +93,13 @@ def _noop(_: int) -> None:
 
 
 def main() -> None:
-    from simulations.config import resolve
+    from dpfl.simulations.config.options import resolve
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--run-config", default="", help='"key=value ..." overrides')
     args = parser.parse_args()
-    from simulations.config import parse_run_config_string
+    from dpfl.simulations.config.options import parse_run_config_string
 
     cfg = resolve(parse_run_config_string(args.run_config)).as_dict()
     print(json.dumps(run_plain(cfg, args.workers), indent=2))

@@ -25,8 +25,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simulations.sweep import load_spec, run_sweep  # noqa: E402
-from simulations.sweep_cli import RichSweepProgress, print_results  # noqa: E402
+from dpfl.simulations.cli.sweep import RichSweepProgress, print_results  # noqa: E402
+from dpfl.simulations.sweeps.sweep import load_spec, run_sweep  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-
-from client.ledger_store import LedgerConflictError, ledger_path, load_ledger, remember
-from client.randomness import dp_generators, pick_device
-from client.training import TrainSettings, train_locally
-from models import build_model
-from models.evaluation import evaluate_model
-from privacy import (
+from dpfl.client.ledger_store import LedgerConflictError, ledger_path, load_ledger, remember
+from dpfl.client.randomness import dp_generators, pick_device
+from dpfl.client.training import TrainSettings, train_locally
+from dpfl.models import build_model
+from dpfl.models.evaluation import evaluate_model
+from dpfl.privacy import (
     DpSgdRelease,
     calibrate_noise,
     check_budget,
@@ -35,6 +32,8 @@ from privacy import (
     steps_per_round,
     wire,
 )
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 
 log = logging.getLogger("dpfl.client")
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from dpfl.models.zoo import MODELS
 from torch import nn
 
-from models.zoo import MODELS
-
 if TYPE_CHECKING:  # client.training will import this module: no import cycle at run time
-    from client.training import TrainSettings
+    from dpfl.client.training import TrainSettings
 
 SUPPORTED_MODES = ("bk", "hooks", "functorch", "ghost")  # what client.training.train_locally builds
 DEFAULT_MODE = "hooks"  # for a model not measured: works for every layer Opacus supports

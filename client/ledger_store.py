@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dpfl.privacy import Ledger, LedgerError
 from flwr.app import ConfigRecord, Context
-
-from privacy import Ledger, LedgerError
 
 STATE_KEY = "dpfl-ledger"
 

@@ -1,6 +1,6 @@
 """Model zoo: every model is Opacus-compatible (no BatchNorm; GroupNorm where normalisation helps)."""
 
-from models.zoo import (
+from dpfl.models.zoo import (
     INPUT_REQUIREMENTS,
     MODELS,
     IncompatibleInputError,

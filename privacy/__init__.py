@@ -4,8 +4,8 @@ Imports nothing from the other packages of this repository (server, client, mode
 both sides of a federation depend on it, so it must not depend on either.
 """
 
-from privacy import wire
-from privacy.accountants import (
+from dpfl.privacy import wire
+from dpfl.privacy.accountants import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
     UnknownAccountantError,
@@ -15,10 +15,10 @@ from privacy.accountants import (
     epsilon_all,
     epsilon_per_release,
 )
-from privacy.budget import BudgetCheck, check_budget, effective_budget
-from privacy.calibration import calibrate_noise, participation_cap, steps_per_round
-from privacy.ledger import Ledger, LedgerError
-from privacy.releases import (
+from dpfl.privacy.budget import BudgetCheck, check_budget, effective_budget
+from dpfl.privacy.calibration import calibrate_noise, participation_cap, steps_per_round
+from dpfl.privacy.ledger import Ledger, LedgerError
+from dpfl.privacy.releases import (
     DpSgdRelease,
     GaussianRelease,
     Release,

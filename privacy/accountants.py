@@ -19,10 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
-
-from privacy import _pld, _prv, _rdp
-from privacy._pld import LRU
-from privacy.releases import DpSgdRelease, GaussianRelease, Release
+from dpfl.privacy import _pld, _prv, _rdp
+from dpfl.privacy._pld import LRU
+from dpfl.privacy.releases import DpSgdRelease, GaussianRelease, Release
 
 __all__ = [
     "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "UnknownAccountantError", "clear_caches", "delta_for_epsilon",

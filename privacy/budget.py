@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, epsilon
-from privacy.releases import Release
+from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT, epsilon
+from dpfl.privacy.releases import Release
 
 __all__ = ["BudgetCheck", "check_budget", "effective_budget"]
 

@@ -7,8 +7,8 @@ import numbers
 from collections.abc import Callable
 from functools import lru_cache
 
-from privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT, UnknownAccountantError, epsilon
-from privacy.releases import DpSgdRelease, validate_release_params
+from dpfl.privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT, UnknownAccountantError, epsilon
+from dpfl.privacy.releases import DpSgdRelease, validate_release_params
 
 __all__ = ["MAX_SIGMA", "MIN_SIGMA", "calibrate_noise", "steps_per_round"]
 

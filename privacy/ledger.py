@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from privacy.releases import Release, release_from_dict
+from dpfl.privacy.releases import Release, release_from_dict
 
 __all__ = ["ENTRY_KEYS", "Ledger", "LedgerError"]
 

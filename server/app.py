@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dpfl.models import build_model
+from dpfl.models.evaluation import evaluate_model
+from dpfl.privacy import effective_budget, participation_cap
+from dpfl.server.averaging import ServerOptimizer
+from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
+from dpfl.server.roster import Roster
+from dpfl.server.rundir import RunDirectory
+from dpfl.server.strategy import DpFedAvg
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
-
-from models import build_model
-from models.evaluation import evaluate_model
-from privacy import effective_budget, participation_cap
-from server.averaging import ServerOptimizer
-from server.federation import FederationResult, LogReporter, Reporter, run_federation
-from server.roster import Roster
-from server.rundir import RunDirectory
-from server.strategy import DpFedAvg
 
 log = logging.getLogger("dpfl.server")
 

@@ -13,14 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dpfl.privacy import wire
+from dpfl.server.averaging import ParameterEma
+from dpfl.server.roster import Roster
+from dpfl.server.rundir import RunDirectory
+from dpfl.server.strategy import DpFedAvg
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-
-from privacy import wire
-from server.averaging import ParameterEma
-from server.roster import Roster
-from server.rundir import RunDirectory
-from server.strategy import DpFedAvg
 
 log = logging.getLogger("dpfl.server")
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from privacy import DpSgdRelease, Ledger, check_budget, epsilon, release_from_dict
+from dpfl.privacy import DpSgdRelease, Ledger, check_budget, epsilon, release_from_dict
 
 log = logging.getLogger("dpfl.server")
 

@@ -1,4 +1,4 @@
-"""The run directory contract every engine honours (see DESIGN.md).
+"""The run directory contract every engine honours (see docs/architecture.md).
 
 ``runs/<run-id>/``: ``config.json``, ``metrics.jsonl``, ``ledgers/<client>.jsonl``,
 ``checkpoints/`` (global model + server state per round), ``model.pt`` and ``summary.json``.

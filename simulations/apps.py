@@ -14,14 +14,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from dpfl.client.app import ClientSetup, build_client_app
+from dpfl.server.app import ServerSetup, build_server_app
+from dpfl.server.federation import FederationResult, LogReporter, Reporter
+from dpfl.server.rundir import RunDirectory
+from dpfl.simulations.config.options import ConfigError, RunConfig, resolve
+from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
 from flwr.app import Context
-
-from client.app import ClientSetup, build_client_app
-from server.app import ServerSetup, build_server_app
-from server.federation import FederationResult, LogReporter, Reporter
-from server.rundir import RunDirectory
-from simulations.config import ConfigError, RunConfig, resolve
-from simulations.data import declared_sizes, load_client_data, load_test_set
 
 
 class ServerHooks:
@@ -103,7 +102,7 @@ def server_setup(context: Context) -> ServerSetup:
 
 def finish_run(result: FederationResult, rundir: RunDirectory, wall: float) -> None:
     """End of every run, whatever the engine: write the privacy report into the run directory."""
-    from privacy.report import write_report  # matplotlib is heavy: only load it at the end
+    from dpfl.privacy.report import write_report  # matplotlib is heavy: only load it at the end
 
     write_report(rundir.path)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dpfl.models import build_model
+from dpfl.simulations.engines.inprocess import set_task_identity
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-
-from models import build_model
-from simulations.inprocess import set_task_identity
 
 
 def train_call(cfg: dict[str, Any], run_path: Path, *, partition_id: int = 0) -> tuple[Message, Context]:

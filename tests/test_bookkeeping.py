@@ -8,11 +8,10 @@ import statistics
 
 import pytest
 import torch
+from dpfl.client import bookkeeping
+from dpfl.client.bookkeeping import BookKeepingClipper, UnsupportedLayerError
+from dpfl.models import build_model
 from torch import nn
-
-from client import bookkeeping
-from client.bookkeeping import BookKeepingClipper, UnsupportedLayerError
-from models import build_model
 
 TOL = 1e-10
 

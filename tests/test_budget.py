@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from privacy import DpSgdRelease, epsilon
-from simulations.config import resolve
-from simulations.simulate import simulate
+from dpfl.privacy import DpSgdRelease, epsilon
+from dpfl.simulations.config.options import resolve
+from dpfl.simulations.engines.simulate import simulate
 
 BASE = {"dataset": "digits", "model": "logreg", "num-clients": 3, "batch-size": 32, "local-epochs": 1, "workers": 1,
         "delta": 1e-5, "target-epsilon": 0.0, "learning-rate": 0.2,
@@ -43,9 +42,8 @@ def test_budget_stops_the_run_cleanly_with_no_client_over_budget(tmp_path: Path)
 def test_client_declines_when_its_own_ledger_says_no(tmp_path: Path) -> None:
     """The client refuses on its own: the decline is an error reply with the budget code."""
     from client_messages import train_call
-
-    from privacy import wire
-    from simulations.apps import clientapp
+    from dpfl.privacy import wire
+    from dpfl.simulations.apps import clientapp
 
     cfg = resolve({**BASE, "run-dir": str(tmp_path), "epsilon-budget": 0.5, "noise-multiplier": 1.0}).as_dict()
     msg, ctx = train_call(cfg, tmp_path)

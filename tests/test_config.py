@@ -8,8 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from simulations.config import DEFAULTS, ConfigError, parse_run_config_string, resolve
+from dpfl.simulations.config.options import DEFAULTS, ConfigError, parse_run_config_string, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +53,7 @@ def test_string_values_are_coerced() -> None:
 
 
 def test_cli_rejects_bad_value_with_exit_code_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "simulations.cli", "simulate", "--num-clients", "-3"],
+    proc = subprocess.run([sys.executable, "-m", "dpfl.simulations.cli.main", "simulate", "--num-clients", "-3"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert "num-clients=-3" in proc.stderr and "Traceback" not in proc.stderr
@@ -62,8 +61,8 @@ def test_cli_rejects_bad_value_with_exit_code_2() -> None:
 
 
 def test_explicit_noise_multiplier_turns_calibration_off() -> None:
-    from simulations.cli import build_parser
-    from simulations.config import config_from_args
+    from dpfl.simulations.cli.main import build_parser
+    from dpfl.simulations.config.options import config_from_args
 
     assert config_from_args(build_parser().parse_args(["simulate"]))["target-epsilon"] == 3.0
     cfg = config_from_args(build_parser().parse_args(["simulate", "--noise-multiplier", "1.2"]))
@@ -74,8 +73,8 @@ def test_explicit_noise_multiplier_turns_calibration_off() -> None:
 
 
 def test_cli_config_file_and_flag_precedence(tmp_path: Path) -> None:
-    from simulations.cli import build_parser
-    from simulations.config import config_from_args
+    from dpfl.simulations.cli.main import build_parser
+    from dpfl.simulations.config.options import config_from_args
 
     toml = tmp_path / "run.toml"
     toml.write_text('num-clients = 4\nbatch-size = 32\n')
@@ -85,9 +84,9 @@ def test_cli_config_file_and_flag_precedence(tmp_path: Path) -> None:
 
 
 def test_preset_is_a_layer_under_the_users_own_values(tmp_path: Path) -> None:
-    from simulations.cli import build_parser
-    from simulations.config import config_from_args
-    from simulations.presets import PRESETS
+    from dpfl.simulations.cli.main import build_parser
+    from dpfl.simulations.config.options import config_from_args
+    from dpfl.simulations.config.presets import PRESETS
 
     name = "fashion-mnist-accurate"
     cfg = config_from_args(build_parser().parse_args(["simulate", "--preset", name]))
@@ -103,7 +102,7 @@ def test_preset_is_a_layer_under_the_users_own_values(tmp_path: Path) -> None:
 
 
 def test_unknown_preset_is_a_usage_error_listing_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
-    from simulations.cli import main
+    from dpfl.simulations.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["simulate", "--preset", "fastest-ever"])

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from simulations.data import (
+from dpfl.simulations.data.datasets import (
     CONFIG_DEFAULTS,
     DATASETS,
     FASHION_MNIST_DIR,
@@ -37,7 +36,7 @@ def digit_labels() -> np.ndarray:
 
 
 def test_defaults_match_the_run_config() -> None:
-    from simulations.config import OPTIONS
+    from dpfl.simulations.config.options import OPTIONS
 
     defaults = {o.key: o.default for o in OPTIONS}
     assert {k: defaults[k] for k in CONFIG_DEFAULTS} == CONFIG_DEFAULTS

@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from simulations.certs import CertificateError, certificate_hosts, generate_certificates, load_certificates
-from simulations.config import resolve
-from simulations.launch import (
+from dpfl.simulations.config.options import resolve
+from dpfl.simulations.deploy.certs import CertificateError, certificate_hosts, generate_certificates, load_certificates
+from dpfl.simulations.deploy.launch import (
     LogPrinter,
     Supervisor,
     descendants,
@@ -56,14 +55,14 @@ def cli_flags(values: dict) -> list[str]:
 
 
 def dpfl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "dpfl.simulations.cli.main", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def start_dpfl(*args: str, log: Path) -> subprocess.Popen[bytes]:
     """A `dpfl` command in the background (own session, output to a file), for tests that act mid-run."""
     fh = open(log, "wb")  # noqa: SIM115 - the child owns it; closed when the test ends
-    return subprocess.Popen([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT, stdout=fh,
+    return subprocess.Popen([sys.executable, "-m", "dpfl.simulations.cli.main", *args], cwd=ROOT, stdout=fh,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -231,7 +230,7 @@ def test_launch_rejects_bad_input_before_starting_anything(args: list[str], mess
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from simulations import deploy_cli
+    from dpfl.simulations.cli import deploy as deploy_cli
 
     parser = argparse.ArgumentParser(prog="dpfl")
     deploy_cli.register(parser.add_subparsers(dest="command"))
@@ -252,10 +251,9 @@ def test_launched_federation_matches_in_process_simulation(tmp_path: Path) -> No
     mostly waits on Flower's 3 s polling, so the two overlap well."""
     from io import StringIO
 
+    from dpfl.simulations.deploy.launch import launch_federation
+    from dpfl.simulations.engines.simulate import preflight, simulate
     from rich.console import Console
-
-    from simulations.launch import launch_federation
-    from simulations.simulate import preflight, simulate
 
     run_path = tmp_path / "launched"
     cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "launched"})

@@ -6,7 +6,7 @@ import flwr
 
 
 def test_flower_version_is_pinned_minor() -> None:
-    assert flwr.__version__.startswith("1.42."), "simulations/inprocess.py was verified against flwr 1.42 only"
+    assert flwr.__version__.startswith("1.42."), "simulations/engines/inprocess.py was verified against flwr 1.42 only"
 
 
 def test_task_identity_is_where_the_engine_expects_it() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dpfl.client.ledger_store import LedgerConflictError, load_ledger, remember
+from dpfl.privacy import DpSgdRelease, Ledger
 from flwr.app import Context, RecordDict
-
-from client.ledger_store import LedgerConflictError, load_ledger, remember
-from privacy import DpSgdRelease, Ledger
 
 
 def _context() -> Context:

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
-from torch import nn
-
-from models import (
+from dpfl.models import (
     INPUT_REQUIREMENTS,
     MODELS,
     IncompatibleInputError,
@@ -17,6 +12,10 @@ from models import (
     build_model,
     check_input_shape,
 )
+from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
 
 # (model, input shape) pairs each model is meant for, plus other shapes it must also accept.
 CASES = [
@@ -109,7 +108,7 @@ def test_check_input_shape_accepts_what_builds() -> None:
 
 
 def test_fast_max_pool_matches_max_pool_with_and_without_autograd() -> None:
-    from models.zoo import FastMaxPool2d
+    from dpfl.models.zoo import FastMaxPool2d
 
     x = torch.randn(5, 3, 11, 8, requires_grad=True)
     stock, fast = nn.MaxPool2d(2, 1), FastMaxPool2d(2, 1)

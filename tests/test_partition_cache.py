@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from simulations import partition_cache
-from simulations.data import _check_partition, partition_indices
+from dpfl.simulations.data import partition_cache
+from dpfl.simulations.data.datasets import _check_partition, partition_indices
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from privacy import (
+from dpfl.privacy import (
     BudgetCheck,
     DpSgdRelease,
     GaussianRelease,

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from simulations.config import resolve
-from simulations.launch import (
+from dpfl.simulations.config.options import resolve
+from dpfl.simulations.deploy.launch import (
     Supervisor,
     free_ports,
     listening_ports,
@@ -43,7 +42,7 @@ def test_repo_root_is_the_source_checkout() -> None:
 
 
 def test_ray_command_names_the_federation_size_and_every_key() -> None:
-    from simulations.ray_engine import ray_command
+    from dpfl.simulations.engines.ray_engine import ray_command
 
     cmd = ray_command(ROOT, Path("/tmp/run.toml"), 5, 1.0)
     assert cmd[:4] == ["flwr", "run", str(ROOT), "local"]
@@ -54,7 +53,7 @@ def test_ray_command_names_the_federation_size_and_every_key() -> None:
 @needs_ray
 @pytest.mark.slow
 def test_ray_engine_runs_the_same_apps_and_leaves_nothing_running(tmp_path: Path) -> None:
-    from simulations.simulate import simulate
+    from dpfl.simulations.engines.simulate import simulate
 
     cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "ray"})
     simulate(cfg, run_path=tmp_path / "ray", engine="ray")
@@ -109,8 +108,8 @@ def test_flower_native_flwr_run_smoke(tmp_path: Path) -> None:
 
 def test_ray_engine_refuses_without_a_source_checkout(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
-    import simulations.ray_engine as ray_engine
-    from simulations.launch import LaunchError
+    import dpfl.simulations.engines.ray_engine as ray_engine
+    from dpfl.simulations.deploy.launch import LaunchError
 
     def no_checkout() -> Path:
         raise LaunchError("not a dpfl source checkout")

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from privacy.accountants import epsilon_all, epsilon_per_release
-from privacy.releases import DpSgdRelease
-from privacy.report import accounting as report_accounting
-from privacy.report import write_report
-from privacy.report.document import build_document
+from dpfl.privacy.accountants import epsilon_all, epsilon_per_release
+from dpfl.privacy.releases import DpSgdRelease
+from dpfl.privacy.report import accounting as report_accounting
+from dpfl.privacy.report import write_report
+from dpfl.privacy.report.document import build_document
 
 DELTA = 1e-5
 CHROMIUM = Path("/usr/bin/chromium")
@@ -285,13 +284,13 @@ def test_reproduction_command_line(normal: tuple[Path, dict[str, Any]]) -> None:
             assert value == pytest.approx(by_ledger[rep["ledger"]]["recomputed"][name], rel=1e-9 if exact else 1e-3)
         assert rep["command_matches"] == exact or rep["command_matches"]
     assert "dpfl privacy epsilon --sample-rate" in (run / "report" / "report.md").read_text()
-    cli = Path(__file__).resolve().parents[1] / "simulations" / "cli.py"
+    cli = Path(__file__).resolve().parents[1] / "simulations" / "cli" / "main.py"
     if not cli.exists():
-        pytest.skip("simulations/cli.py is not there: cannot run the printed command line")
+        pytest.skip("simulations/cli/main.py is not there: cannot run the printed command line")
     rep = report["reproduction"][-1]
     args = shlex.split(rep["command"])[1:]
-    proc = subprocess.run([sys.executable, "-m", "simulations.cli", *args, "--json"], capture_output=True,
-                          text=True, cwd=cli.parents[1], timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "dpfl.simulations.cli.main", *args, "--json"], capture_output=True,
+                          text=True, cwd=cli.parents[2], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["epsilon"] == pytest.approx(rep["command_output"], rel=1e-9)
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import dp_accounting
 import pytest
 import torch
+from dpfl.simulations.config.options import resolve
+from dpfl.simulations.engines.simulate import simulate
 from opacus.accountants.analysis import rdp as opacus_rdp
-
-from simulations.config import resolve
-from simulations.simulate import simulate
 
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 3, "num-server-rounds": 2, "batch-size": 32,
         "local-epochs": 1, "learning-rate": 0.1, "noise-multiplier": 1.0, "workers": 1, "delta": 1e-5,
@@ -88,7 +87,7 @@ def test_cumulative_epsilon_equals_independent_accountant(tmp_path: Path, accoun
 
 def test_ledger_matches_what_the_training_loop_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Count optimizer steps and the sampler's rate during training; they must equal the ledger's."""
-    import client.training as training
+    import dpfl.client.training as training
 
     calls: list[tuple[int, float]] = []
     real_batch = training.poisson_batch
@@ -158,8 +157,7 @@ def test_worker_pool_gives_the_same_ledgers(tmp_path: Path) -> None:
 
 def test_reply_carries_no_private_metrics_by_default(tmp_path: Path) -> None:
     from client_messages import train_call
-
-    from simulations.apps import clientapp
+    from dpfl.simulations.apps import clientapp
 
     cfg = resolve({**BASE, "run-dir": str(tmp_path)}).as_dict()
     msg, ctx = train_call(cfg, tmp_path)

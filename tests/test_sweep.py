@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import dp_accounting
+import dpfl.simulations.engines.simulate as sim
 import numpy as np
 import pytest
-
-import simulations.simulate as sim
-from simulations import sweep
-from simulations.sweep import (
+from dpfl.simulations.sweeps import sweep
+from dpfl.simulations.sweeps.report import Group, pareto_front
+from dpfl.simulations.sweeps.sweep import (
     RDP_ORDERS,
     PrivateRun,
     SweepError,
@@ -33,7 +33,6 @@ from simulations.sweep import (
     spec_from_dict,
     tnb_tuning_rdp,
 )
-from simulations.sweep_report import Group, pareto_front
 
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 2, "num-server-rounds": 1, "batch-size": 32,
         "local-epochs": 1, "learning-rate": 0.1, "delta": 1e-5}
@@ -283,14 +282,14 @@ def test_pareto_front_and_seed_groups() -> None:
 
 
 def sweep_report_groups(rows: list[dict]) -> list[Group]:
-    from simulations.sweep_report import group_rows
+    from dpfl.simulations.sweeps.report import group_rows
 
     return group_rows(rows, {"target-epsilon"})
 
 
 # --- command line, worker processes ---------------------------------------------------------------------------------
 def test_cli_runs_points_in_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from simulations import cli
+    from dpfl.simulations.cli import main as cli
 
     out = tmp_path / "cli"
     code = cli.main(["sweep", "--dataset", "digits", "--model", "mlp", "--num-clients", "2", "--num-server-rounds",

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from privacy.report.content import build_report
-from privacy.report.document import build_document
-from privacy.report.jsonsafe import dumps
-from privacy.report.plots import write_plots
-from privacy.report.render_html import render_html
-from privacy.report.render_md import render_markdown
-from privacy.report.rundata import RunData, load_run
+from dpfl.privacy.report.content import build_report
+from dpfl.privacy.report.document import build_document
+from dpfl.privacy.report.jsonsafe import dumps
+from dpfl.privacy.report.plots import write_plots
+from dpfl.privacy.report.render_html import render_html
+from dpfl.privacy.report.render_md import render_markdown
+from dpfl.privacy.report.rundata import RunData, load_run
 
 __all__ = ["RunData", "build_report", "load_run", "write_report"]
 

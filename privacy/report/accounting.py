@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from privacy.accountants import ACCOUNTANTS, epsilon_all, epsilon_per_release
-from privacy.ledger import Ledger
-from privacy.releases import DpSgdRelease, Release
-from privacy.report.jsonsafe import finite
-from privacy.report.rundata import natural_key
+from dpfl.privacy.accountants import ACCOUNTANTS, epsilon_all, epsilon_per_release
+from dpfl.privacy.ledger import Ledger
+from dpfl.privacy.releases import DpSgdRelease, Release
+from dpfl.privacy.report.jsonsafe import finite
+from dpfl.privacy.report.rundata import natural_key
 
 REL_TOL = 1e-6  # a recomputed epsilon further than this (relative) from the ledger's is a bug
 
@@ -123,7 +123,7 @@ def recompute(groups: Sequence[DistinctLedger], ledgers: Mapping[str, Ledger]) -
 def pld_interval(releases: Sequence[Release]) -> float | None:
     """The PLD discretisation interval dpfl uses for this ledger (None if this dpfl does not say)."""
     try:
-        from privacy import _pld
+        from dpfl.privacy import _pld
 
         return float(_pld.interval_for(_pld.runs_of([(r.noise_multiplier, r.sample_rate, r.steps)
                                                       for r in releases])))
@@ -135,7 +135,7 @@ def _rdp_orders_text() -> str:
     """The RDP orders dpfl uses, as Python source (a short expression when it matches one)."""
     short = "[1 + x / 10 for x in range(1, 100)] + list(range(11, 257)) + [512, 1024]"
     try:
-        from privacy import _rdp
+        from dpfl.privacy import _rdp
 
         orders = [float(a) for a in _rdp.ORDERS]
     except (ImportError, AttributeError):

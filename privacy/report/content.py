@@ -11,11 +11,11 @@ import statistics
 from datetime import UTC, datetime
 from typing import Any
 
-from privacy.accountants import DEFAULT_ACCOUNTANT
-from privacy.budget import effective_budget
-from privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
-from privacy.report.jsonsafe import finite
-from privacy.report.rundata import RunData, natural_key
+from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT
+from dpfl.privacy.budget import effective_budget
+from dpfl.privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
+from dpfl.privacy.report.jsonsafe import finite
+from dpfl.privacy.report.rundata import RunData, natural_key
 
 SCHEMA = "dpfl-report/1"
 TABLE_ALL_CLIENTS_MAX = 10  # more clients: the documents show the top 10 by epsilon plus summary rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from privacy.report.accounting import interval_text
+from dpfl.privacy.report.accounting import interval_text
 
 Block = tuple[Any, ...]
 DASH = "—"

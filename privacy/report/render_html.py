@@ -10,7 +10,7 @@ import base64
 import html
 import re
 
-from privacy.report.document import Block, Section
+from dpfl.privacy.report.document import Block, Section
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 CSS = """

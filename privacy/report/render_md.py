@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from privacy.report.document import Block, Section
+from dpfl.privacy.report.document import Block, Section
 
 
 def _cell(text: Any) -> str:

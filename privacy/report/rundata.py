@@ -1,4 +1,4 @@
-"""Reading a run directory (the contract in DESIGN.md) without trusting it to be complete.
+"""Reading a run directory (the contract in docs/architecture.md) without trusting it to be complete.
 
 A report is most needed when a run went wrong, so a missing summary or a torn last metrics line
 becomes a warning in the report instead of an exception.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from privacy.ledger import Ledger, LedgerError
+from dpfl.privacy.ledger import Ledger, LedgerError
 
 
 @dataclass

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import torch
+from dpfl.simulations.data.datasets import load_test_set
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from peer_app.task import make_model, test
-from simulations.data import load_test_set
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """Model, data and the train / test loops of the peer, kept as plain as Flower's Opacus example.
 
-The model and the data are dpfl's own (``models.build_model``, ``simulations.data``) so that the peer
+The model and the data are dpfl's own (``models.build_model``, ``simulations.data.datasets``) so that the peer
 trains the same tanh CNN on the same client partitions and is scored on the same test set: any speed
 or accuracy difference then comes from how the work is run, not from what is computed.
 """
@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from dpfl.models import build_model
+from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from models import build_model
-from simulations.data import declared_sizes, load_client_data, load_test_set
 
 EVAL_BATCH = 1000
 

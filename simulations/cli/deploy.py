@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args
+from dpfl.simulations.config.options import ConfigError, RunConfig, add_config_flags, config_from_args
 
 EXIT_BAD_INPUT = 2
 DEFAULT_SERVER_ADDRESS = "0.0.0.0:9092"
@@ -111,7 +111,7 @@ def _add_tls_flags(p: argparse.ArgumentParser, *, insecure_help: str, client: bo
 
 # --- helpers ----------------------------------------------------------------------------------------------
 def _fail(message: str) -> int:
-    from simulations.cli import _fail as cli_fail
+    from dpfl.simulations.cli.main import _fail as cli_fail
 
     return cli_fail(message)
 
@@ -121,7 +121,7 @@ def _verbose(args: argparse.Namespace) -> bool:
 
 
 def _console():  # noqa: ANN202 - rich Console, imported lazily with the CLI
-    from simulations.cli import console
+    from dpfl.simulations.cli.main import console
 
     return console
 
@@ -145,7 +145,7 @@ def _is_loopback(host: str) -> bool:
 
 def _config_and_preflight(args: argparse.Namespace) -> RunConfig:
     """Resolve and check the run config like `dpfl simulate` (raises ConfigError / DataError)."""
-    from simulations.simulate import preflight
+    from dpfl.simulations.engines.simulate import preflight
 
     cfg = config_from_args(args)
     preflight(cfg)
@@ -153,9 +153,9 @@ def _config_and_preflight(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_run_summary(cfg: RunConfig, run_path: Path, summary: dict) -> None:
-    from server.app import privacy_statement
-    from simulations.cli import _print_summary
-    from simulations.launch import client_events, result_from_summary
+    from dpfl.server.app import privacy_statement
+    from dpfl.simulations.cli.main import _print_summary
+    from dpfl.simulations.deploy.launch import client_events, result_from_summary
 
     _print_summary(cfg, result_from_summary(summary), run_path, privacy_statement(cfg.as_dict()))
     events = client_events(summary)
@@ -169,7 +169,7 @@ def _supervised(console: Any, sup: Any, printer: Any, run: Callable[[], int],
                 cleanup: Callable[[], None] | None = None) -> int:
     """Run ``run()`` under the supervisor: SIGTERM/Ctrl-C/launch errors become exit codes (143/130/1),
     and every started process is stopped, whatever happened."""
-    from simulations.launch import LaunchError, Terminated, interrupts_deferred, sigterm_as_exception
+    from dpfl.simulations.deploy.launch import LaunchError, Terminated, interrupts_deferred, sigterm_as_exception
 
     try:
         with sigterm_as_exception():
@@ -190,10 +190,10 @@ def _supervised(console: Any, sup: Any, printer: Any, run: Callable[[], int],
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from simulations import apps
-    from simulations.certs import CertificateError, load_certificates
-    from simulations.data import DataError
-    from simulations.launch import LaunchError, launch_federation, repo_root
+    from dpfl.simulations import apps
+    from dpfl.simulations.data.datasets import DataError
+    from dpfl.simulations.deploy.certs import CertificateError, load_certificates
+    from dpfl.simulations.deploy.launch import LaunchError, launch_federation, repo_root
 
     try:
         cfg = config_from_args(args)
@@ -213,7 +213,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
                               "integer >= 1")
         certs = load_certificates(args.certificates) if args.certificates else None
         repo_root()
-        from simulations.simulate import preflight
+        from dpfl.simulations.engines.simulate import preflight
 
         preflight(cfg)
     except (ConfigError, DataError, CertificateError, LaunchError) as exc:
@@ -247,10 +247,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 # --- server -----------------------------------------------------------------------------------------------
 def cmd_server(args: argparse.Namespace) -> int:
-    from simulations import apps
-    from simulations.certs import CertificateError, certificate_hosts, load_certificates
-    from simulations.data import DataError
-    from simulations.launch import (
+    from dpfl.simulations import apps
+    from dpfl.simulations.data.datasets import DataError
+    from dpfl.simulations.deploy.certs import CertificateError, certificate_hosts, load_certificates
+    from dpfl.simulations.deploy.launch import (
         LaunchError,
         absolute_paths,
         repo_root,
@@ -304,7 +304,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Path, run_path: Path,
            command: list[str]) -> int:
     """Supervise the SuperLink in the foreground; with --submit, also wait for clients and run."""
-    from simulations.launch import (
+    from dpfl.simulations.deploy.launch import (
         LaunchError,
         LogPrinter,
         Supervisor,
@@ -357,8 +357,8 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
 
 # --- client -----------------------------------------------------------------------------------------------
 def cmd_client(args: argparse.Namespace) -> int:
-    from simulations.certs import CertificateError, load_certificates
-    from simulations.launch import (
+    from dpfl.simulations.deploy.certs import CertificateError, load_certificates
+    from dpfl.simulations.deploy.launch import (
         LogPrinter,
         Supervisor,
         free_ports,
@@ -422,7 +422,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 # --- certs ------------------------------------------------------------------------------------------------
 def cmd_certs(args: argparse.Namespace) -> int:
-    from simulations.certs import CertificateError, generate_certificates
+    from dpfl.simulations.deploy.certs import CertificateError, generate_certificates
 
     try:
         paths = generate_certificates(args.directory, args.host, days=args.days, overwrite=args.force)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from simulations.sweep import SweepSpec, Tuning
+    from dpfl.simulations.sweeps.sweep import SweepSpec, Tuning
 
 CSV_FIELDS = ("id", "kind", "status", "final_accuracy", "best_accuracy", "best_round", "epsilon", "delta",
               "noise_multiplier", "rounds_completed", "stop_reason", "wall_seconds", "seed", "trial",
@@ -107,7 +107,7 @@ class Group:
 
 
 def privacy_axes(spec: SweepSpec | None, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    from simulations.sweep import PRIVACY_KEYS, is_privacy_axis
+    from dpfl.simulations.sweeps.sweep import PRIVACY_KEYS, is_privacy_axis
 
     if spec is None:
         return set()
@@ -371,7 +371,7 @@ code{background:#f4f4f4}"""
 def write_report(out: Path, spec: SweepSpec | None, rows: Sequence[Mapping[str, Any]],
                  tuning: Tuning | None) -> list[Path]:
     """report.md (plots as files under plots/) and report.html (the same, plots embedded)."""
-    from simulations.sweep import _axes
+    from dpfl.simulations.sweeps.sweep import _axes
 
     axes = _axes(spec) if spec is not None else []
     priv_axes = privacy_axes(spec, rows)

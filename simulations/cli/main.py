@@ -11,10 +11,10 @@ import logging
 import math
 import sys
 
+from dpfl.simulations.cli import deploy as deploy_cli
+from dpfl.simulations.cli import sweep as sweep_cli
+from dpfl.simulations.config.options import ConfigError, add_config_flags, config_from_args
 from rich.console import Console
-
-from simulations import deploy_cli, sweep_cli
-from simulations.config import ConfigError, add_config_flags, config_from_args
 
 EXIT_BAD_INPUT = 2
 console = Console(highlight=False, soft_wrap=True)
@@ -40,16 +40,16 @@ def _setup_logging(verbose: bool) -> None:
 
 # --- simulate -----------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulations.data import DataError
+    from dpfl.simulations.data.datasets import DataError
 
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    from server.app import privacy_statement
-    from simulations.progress import RichReporter
-    from simulations.ray_engine import RayEngineError
-    from simulations.simulate import preflight, simulate
+    from dpfl.server.app import privacy_statement
+    from dpfl.simulations.cli.progress import RichReporter
+    from dpfl.simulations.engines.ray_engine import RayEngineError
+    from dpfl.simulations.engines.simulate import preflight, simulate
 
     try:
         sigmas = preflight(cfg)
@@ -74,7 +74,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 1
     result = outcome.result
     if result is None:  # engines in other processes (Ray): the ServerApp wrote summary.json
-        from simulations.launch import load_summary, result_from_summary
+        from dpfl.simulations.deploy.launch import load_summary, result_from_summary
 
         result = result_from_summary(load_summary(outcome.run_path) or {})
     _print_summary(cfg, result, outcome.run_path, privacy_statement(cfg.as_dict()))
@@ -105,7 +105,7 @@ def _print_summary(cfg, result, run_path, statement: list[str]) -> None:
 def cmd_privacy(args: argparse.Namespace) -> int:
     import json
 
-    from privacy import ACCOUNTANTS, DpSgdRelease, calibrate_noise, epsilon, validate_release_params
+    from dpfl.privacy import ACCOUNTANTS, DpSgdRelease, calibrate_noise, epsilon, validate_release_params
 
     try:
         if not (0 < args.delta < 1):
@@ -146,7 +146,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from privacy.report import write_report
+    from dpfl.privacy.report import write_report
 
     run = Path(args.run_dir)
     if not (run / "metrics.jsonl").exists():
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "engine", None) == "inprocess" and args.func is cmd_simulate:
-        from simulations import worker_server
+        from dpfl.simulations.engines import worker_server
 
         worker_server.start()  # imports the workers' modules on the other core while this process imports
     _setup_logging(args.verbose)

@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from dpfl.simulations.config.options import ConfigError, RunConfig
+from dpfl.simulations.deploy.certs import CertPaths
 from rich.console import Console
 from rich.text import Text
-
-from simulations.certs import CertPaths
-from simulations.config import ConfigError, RunConfig
 
 MARKER_ENV = "DPFL_SUPERVISOR"
 FEDERATION_NAME = "dpfl-local"
@@ -491,9 +490,11 @@ class LogPrinter:
 
 # --- Flower commands and files ----------------------------------------------------------------------------
 def repo_root() -> Path:
-    """The source checkout holding pyproject.toml next to the ``simulations`` package: ``flwr run`` builds
-    the Flower app (FAB) from it."""
-    root = Path(__file__).resolve().parent.parent
+    """The source checkout holding pyproject.toml: the folder of the ``dpfl`` package itself (an editable
+    install maps ``dpfl`` onto the checkout root). ``flwr run`` builds the Flower app (FAB) from it."""
+    import dpfl
+
+    root = Path(dpfl.__file__).resolve().parent
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or "[tool.flwr.app" not in pyproject.read_text():
         raise LaunchError(f"{root} is not a dpfl source checkout (no pyproject.toml with [tool.flwr.app]); "
@@ -590,9 +591,8 @@ def load_summary(run_path: Path) -> dict[str, Any] | None:
 
 def result_from_summary(summary: Mapping[str, Any]) -> Any:
     """A FederationResult rebuilt from summary.json, so engines in other processes share the CLI summary."""
+    from dpfl.server.federation import FederationResult
     from flwr.app import ArrayRecord
-
-    from server.federation import FederationResult
 
     return FederationResult(
         rounds_completed=int(summary["rounds_completed"]), stop_reason=str(summary.get("stop_reason") or ""),

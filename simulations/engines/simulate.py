@@ -7,16 +7,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpfl.client.app import noise_multiplier_for
+from dpfl.server.app import resolve_delta
+from dpfl.server.federation import FederationResult, Reporter
+from dpfl.server.rundir import RunDirectory
+from dpfl.simulations import apps
+from dpfl.simulations.config.options import ConfigError, RunConfig
+from dpfl.simulations.data.datasets import declared_sizes, load_test_set
+from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
 from flwr.app import Context, RecordDict
-
-from client.app import noise_multiplier_for
-from server.app import resolve_delta
-from server.federation import FederationResult, Reporter
-from server.rundir import RunDirectory
-from simulations import apps
-from simulations.config import ConfigError, RunConfig
-from simulations.data import declared_sizes, load_test_set
-from simulations.inprocess import SERVER_NODE_ID, InProcessGrid
 
 log = logging.getLogger("dpfl")
 
@@ -31,7 +30,7 @@ class SimulationOutcome:
 def preflight(cfg: RunConfig) -> dict[str, float]:
     """Everything that can be checked before training: data present, model fits the data,
     target epsilon reachable. Returns the calibrated sigma per client (empty without a target)."""
-    from models import build_model
+    from dpfl.models import build_model
 
     values = cfg.as_dict()
     _, _, input_shape, num_classes = load_test_set(values)  # raises DataError with a fix
@@ -70,7 +69,7 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
     if (path / "metrics.jsonl").exists():
         raise ConfigError(f"run directory {path} already holds a run; choose another --run-name")
     if engine == "ray":
-        from simulations.ray_engine import simulate_on_ray
+        from dpfl.simulations.engines.ray_engine import simulate_on_ray
 
         simulate_on_ray(cfg, path)
         return SimulationOutcome(path, None, sigmas)
@@ -87,9 +86,9 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
     apps.HOOKS.on_finish = on_finish
     apps.HOOKS.run_path = path
     try:
-        with InProcessGrid(client_app_ref="simulations.apps:clientapp", run_config=cfg.as_dict(),
+        with InProcessGrid(client_app_ref="dpfl.simulations.apps:clientapp", run_config=cfg.as_dict(),
                            num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg),
-                           worker_preload_ref="simulations.apps:preload_data") as grid:
+                           worker_preload_ref="dpfl.simulations.apps:preload_data") as grid:
             grids.append(grid)
             grid.warm_up(wait=False)  # workers import and load data while the server sets up
             context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),

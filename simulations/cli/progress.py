@@ -47,7 +47,7 @@ class RichReporter(LiveBar):
     def round(self, row: Mapping[str, Any]) -> None:
         if self.quiet:
             return
-        from server.federation import format_round_line  # torch and Flower: not for `dpfl sweep --help`
+        from dpfl.server.federation import format_round_line  # torch and Flower: not for `dpfl sweep --help`
 
         self.console.print(format_round_line(row, self.total), highlight=False)
         self.advance()

@@ -16,10 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-
-from simulations.config import RunConfig
-from simulations.launch import (
+from dpfl.simulations.config.options import RunConfig
+from dpfl.simulations.deploy.launch import (
     LaunchError,
     LogPrinter,
     Supervisor,
@@ -32,6 +30,7 @@ from simulations.launch import (
     sigterm_as_exception,
     write_run_config,
 )
+from rich.console import Console
 
 LOCAL_FEDERATION = "local"
 

@@ -13,7 +13,7 @@ import multiprocessing as mp
 from multiprocessing import forkserver
 
 # What the in-process engine's workers run: the ClientApp and the data preload (simulations.apps).
-WORKER_MODULES = ("simulations.apps",)
+WORKER_MODULES = ("dpfl.simulations.apps",)
 
 
 def available() -> bool:

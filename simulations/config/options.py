@@ -1,7 +1,7 @@
 """The one typed run configuration: every key, its type, default and allowed values.
 
 Keys are Flower's flat kebab-case run-config keys. Defaults here are mirrored into
-``pyproject.toml`` ``[tool.flwr.app.config]`` (``python -m simulations.config --pyproject``
+``pyproject.toml`` ``[tool.flwr.app.config]`` (``python -m dpfl.simulations.config.options --pyproject``
 prints the table; a test keeps the two equal) so ``flwr run .`` and ``dpfl simulate`` agree.
 Everything is validated before any work starts; an invalid value names key, value and what
 is allowed.
@@ -212,7 +212,7 @@ class RunConfig:
 
     @property
     def max_participations(self) -> int:
-        from privacy import participation_cap
+        from dpfl.privacy import participation_cap
 
         return participation_cap(int(self["max-participations"]), int(self["num-server-rounds"]))
 
@@ -249,7 +249,7 @@ def resolve(*layers: Mapping[str, Any], strict: bool = True) -> RunConfig:
 
 def _check_combinations(values: Mapping[str, Scalar]) -> None:
     """Cross-key rules that single-key checks cannot see."""
-    from models import MODELS  # models depends on nothing of ours
+    from dpfl.models import MODELS  # models depends on nothing of ours
 
     if values["model"] not in MODELS:
         raise ConfigError(f"model={values['model']!r} is not valid: expected one of {', '.join(sorted(MODELS))}")
@@ -313,7 +313,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(f"--{option.key}", dest=option.key, default=None, metavar="VALUE",
                                help=help_text)
-    from simulations.presets import PRESETS, preset_help
+    from dpfl.simulations.config.presets import PRESETS, preset_help
 
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), metavar="NAME",
                         help=f"a named recipe applied before the config file and flags ({preset_help()})")
@@ -324,7 +324,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults < --preset < --config file < --run-config < explicit flags."""
-    from simulations.presets import preset_values
+    from dpfl.simulations.config.presets import preset_values
 
     preset = preset_values(args.preset) if getattr(args, "preset", None) else {}
     layers: list[Mapping[str, Any]] = []

@@ -18,12 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dpfl.simulations.cli.progress import LiveBar
+from dpfl.simulations.config.options import OPTIONS, ConfigError, parse_run_config_string
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from simulations.config import OPTIONS, ConfigError, parse_run_config_string
-from simulations.progress import LiveBar
 
 EXIT_BAD_INPUT = 2
 SWEEP_TABLES = {"sweep", "base", "grid", "random"}
@@ -65,7 +64,7 @@ def _random_rule(item: str, rule: str) -> dict[str, Any]:
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The sweep file (--config), then --run-config and config flags over [base], then --grid/--random."""
-    from simulations.sweep import spec_from_dict
+    from dpfl.simulations.sweeps.sweep import spec_from_dict
 
     data: dict[str, Any] = {}
     if args.config_file:
@@ -107,7 +106,7 @@ class RichSweepProgress(LiveBar):
             self.start_bar("points", total)
 
     def point_done(self, point: Any, outcome: Mapping[str, Any]) -> None:
-        from simulations.sweep_report import fmt_value
+        from dpfl.simulations.sweeps.report import fmt_value
 
         params = " ".join(f"{k}={fmt_value(v)}" for k, v in point.params.items() if v is not None)
         wall = f"({outcome.get('wall_seconds') or 0:.0f} s)"
@@ -124,7 +123,7 @@ class RichSweepProgress(LiveBar):
 
 
 def print_results(console: Console, outcome: Any, axes: list[str]) -> None:
-    from simulations.sweep_report import fmt_value
+    from dpfl.simulations.sweeps.report import fmt_value
 
     table = Table(title="sweep results")
     for col in ("point", "kind", "status", *axes, "final acc", "best acc", "ε", "wall s"):
@@ -153,7 +152,7 @@ def print_results(console: Console, outcome: Any, axes: list[str]) -> None:
 
 
 def _print_plan(console: Console, spec: Any, points: list[Any], axes: list[str], where: str) -> None:
-    from simulations.sweep_report import fmt_value
+    from dpfl.simulations.sweeps.report import fmt_value
 
     table = Table(title=f"sweep plan: {spec.name} ({spec.mode})")
     for col in ("point", "kind", *axes, "valid"):
@@ -166,7 +165,7 @@ def _print_plan(console: Console, spec: Any, points: list[Any], axes: list[str],
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from simulations.sweep import SweepError, _axes, draw_trial_count, expand, report_only, run_sweep
+    from dpfl.simulations.sweeps.sweep import SweepError, _axes, draw_trial_count, expand, report_only, run_sweep
 
     console = Console(file=sys.stdout, highlight=False)
     try:

@@ -41,8 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from simulations.config import DEFAULTS, OPTION_BY_KEY, ConfigError, read_toml, resolve, sigma_rule_layer
+from dpfl.simulations.config.options import DEFAULTS, OPTION_BY_KEY, ConfigError, read_toml, resolve, sigma_rule_layer
 
 log = logging.getLogger("dpfl.sweep")
 
@@ -419,7 +418,7 @@ class _QuietLogReporter:
     """Round lines go to the point's log file, not to the terminal the sweep's progress bar owns."""
 
     def __init__(self) -> None:
-        from server.federation import LogReporter
+        from dpfl.server.federation import LogReporter
 
         self._inner = LogReporter()
 
@@ -469,7 +468,7 @@ def execute_point(task: Mapping[str, Any]) -> dict[str, Any]:
     """Run one point into its run directory and record how it went in RUN/point.json.
 
     Never raises for a failing point: the error is recorded and the sweep goes on."""
-    import simulations.simulate as sim  # looked up at call time so tests can count calls
+    import dpfl.simulations.engines.simulate as sim  # looked up at call time so tests can count calls
 
     path = Path(task["run_path"])
     attempts = Path(task["attempts_dir"])
@@ -514,7 +513,7 @@ def execute_point(task: Mapping[str, Any]) -> dict[str, Any]:
 def _clear_run_caches() -> None:
     """Per-config client data is cached per process; a long-lived worker must not keep every point's."""
     with contextlib.suppress(Exception):
-        from simulations import apps
+        from dpfl.simulations import apps
 
         for name in ("_client_setup", "_cached_config"):
             fn = getattr(apps, name, None)
@@ -660,7 +659,7 @@ ReleaseKey = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
 
 def read_ledgers(run: Path) -> dict[str, list[ReleaseKey]]:
     """Sample-level DP-SGD releases per client, from RUN/ledgers/<client>.jsonl."""
-    from privacy import release_from_dict
+    from dpfl.privacy import release_from_dict
 
     out: dict[str, list[ReleaseKey]] = {}
     for path in sorted((run / "ledgers").glob("*.jsonl")):
@@ -1168,7 +1167,7 @@ def _run_locked(spec: SweepSpec, out: Path, *, jobs: int, engine: str, ray_addre
 def finish(out: Path, spec: SweepSpec, points: Sequence[Point], trials: int | None, *,
            report: bool = True) -> SweepOutcome:
     """Results, tuning and report from whatever the sweep directory holds (also used by --report-only)."""
-    from simulations import sweep_report
+    from dpfl.simulations.sweeps import report as sweep_report
 
     rows = [collect_row(p, out) for p in points]
     tuning: Tuning | None = None

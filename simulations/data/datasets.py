@@ -4,14 +4,14 @@
   (``.gz`` or not) in ``data-dir``. Never downloaded at run time: a run must not depend on the network.
 - ``digits``: scikit-learn's bundled 8x8 digits, split 80/20 (stratified) with a fixed seed, so every run
   seed is scored on the same test set.
-- ``synthetic``: FedProx Synthetic(alpha, beta) (see ``simulations.synthetic``). Its clients are the
+- ``synthetic``: FedProx Synthetic(alpha, beta) (see ``simulations.data.synthetic``). Its clients are the
   generator's clients, so the ``partition`` option (and ``dirichlet-alpha``, ``shards-per-client``) is
   ignored; the server's test set pools the held-out 20 % of every client.
 
 Partitions of the other datasets come from flwr-datasets partitioners run on a label-only table, so only
 indices move; client data are index selections of the shared tensors. Each client's records are split
 into local train / validation with a stream seeded by (seed, partition id). Partitions are cached on
-disk (simulations.partition_cache), everything else per process; treat the returned tensors as
+disk (simulations.data.partition_cache), everything else per process; treat the returned tensors as
 read-only, they are shared between callers.
 """
 
@@ -28,8 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-
-from simulations.partition_cache import cached_partitions
+from dpfl.simulations.data.partition_cache import cached_partitions
 
 # name -> (per-example input shape, number of classes): known without loading anything.
 DATASETS: dict[str, tuple[tuple[int, ...], int]] = {
@@ -50,7 +49,7 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 DIGITS_SPLIT_SEED = 0
 MIN_PARTITION_SIZE = 10  # Dirichlet partitions below this are resampled; DP on tiny clients is hopeless
 
-# Defaults of the data keys, equal to simulations/config.py (a test keeps them equal); used only when a
+# Defaults of the data keys, equal to simulations/config/options.py (a test keeps them equal); used only when a
 # caller passes a partial mapping.
 CONFIG_DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist", "data-dir": "", "num-clients": 10, "partition": "iid", "dirichlet-alpha": 0.5,
@@ -191,7 +190,7 @@ def _digits() -> Dataset:
 
 @lru_cache(maxsize=4)
 def _synthetic(num_clients: int, alpha: float, beta: float, seed: int) -> Dataset:
-    from simulations.synthetic import NUM_CLASSES, NUM_FEATURES, generate_client
+    from dpfl.simulations.data.synthetic import NUM_CLASSES, NUM_FEATURES, generate_client
 
     clients = [generate_client(seed, k, alpha, beta) for k in range(num_clients)]
     bounds = np.cumsum([0] + [len(c.train_y) for c in clients])

@@ -20,14 +20,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from dpfl.privacy import wire
+from dpfl.simulations.engines import worker_server
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
-
-from privacy import wire
-from simulations import worker_server
 
 log = logging.getLogger("dpfl.engine")
 SERVER_NODE_ID = 1
@@ -111,7 +110,7 @@ class InProcessGrid(Grid):
         return self._pool
 
     def _worker_context(self) -> mp.context.BaseContext:
-        """Workers forked from a fork server that has imported the apps once (simulations.worker_server)."""
+        """Workers forked from a fork server that has imported the apps once (simulations.engines.worker_server)."""
         refs = (self.client_app_ref, self.worker_preload_ref)
         return worker_server.context(tuple(dict.fromkeys(r.partition(":")[0] for r in refs if r)))
 

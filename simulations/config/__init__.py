@@ -1,0 +1,1 @@
+"""The typed run configuration: options, validation, presets; see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""Datasets and their partitions into clients, offline and seeded; see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""The deployment engine: real Flower processes, their supervision, and TLS material."""

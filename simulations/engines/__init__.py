@@ -1,0 +1,1 @@
+"""The engines that run one federation on one machine: in-process (with its fork server) and Ray."""

@@ -1,0 +1,1 @@
+"""Privacy/utility sweeps: spec, execution, results and report; see docs/sweeps.md."""
