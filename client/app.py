@@ -24,11 +24,10 @@ from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import (
     DpSgdRelease,
+    PrivacyPolicy,
     calibrate_noise,
     check_budget,
-    effective_budget,
     epsilon,
-    participation_cap,
     steps_per_round,
     wire,
 )
@@ -73,13 +72,13 @@ def noise_multiplier_for(cfg: Mapping[str, Any], declared: int, delta: float) ->
     if target <= 0:
         return float(cfg["noise-multiplier"])
     q, steps = steps_per_round(declared, int(cfg["batch-size"]), int(cfg["local-epochs"]))
-    rounds = participation_cap(int(cfg["max-participations"]), int(cfg["num-server-rounds"]))
+    rounds = PrivacyPolicy.from_config(cfg).participation_cap
     return calibrate_noise(target, delta, q, steps, rounds, accountant=str(cfg["accountant"]))
 
 
 def epsilon_budget(cfg: Mapping[str, Any]) -> float:
     """The per-client budget a release must stay within (0: none). A target epsilon is a budget too."""
-    return effective_budget(float(cfg["epsilon-budget"]), float(cfg["target-epsilon"]))
+    return PrivacyPolicy.from_config(cfg).budget
 
 
 def _state_dir(cfg: Mapping[str, Any], run_path: str) -> str:

@@ -15,9 +15,10 @@ from dpfl.privacy.accountants import (
     epsilon_all,
     epsilon_per_release,
 )
-from dpfl.privacy.budget import BudgetCheck, check_budget, effective_budget
-from dpfl.privacy.calibration import calibrate_noise, participation_cap, steps_per_round
+from dpfl.privacy.budget import BudgetCheck, check_budget
+from dpfl.privacy.calibration import calibrate_noise, steps_per_round
 from dpfl.privacy.ledger import Ledger, LedgerError
+from dpfl.privacy.policy import PolicyError, PrivacyPolicy, effective_budget, participation_cap
 from dpfl.privacy.releases import (
     DpSgdRelease,
     GaussianRelease,
@@ -27,8 +28,8 @@ from dpfl.privacy.releases import (
 )
 
 __all__ = [
-    "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "BudgetCheck", "DpSgdRelease", "GaussianRelease", "Ledger",
-    "LedgerError", "Release", "UnknownAccountantError", "calibrate_noise", "check_budget", "clear_caches",
-    "delta_for_epsilon", "effective_budget", "epsilon", "epsilon_all", "epsilon_per_release", "participation_cap",
-    "release_from_dict", "steps_per_round", "validate_release_params", "wire",
+    "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "BudgetCheck", "DpSgdRelease", "GaussianRelease", "Ledger", "LedgerError",
+    "PolicyError", "PrivacyPolicy", "Release", "UnknownAccountantError", "calibrate_noise", "check_budget",
+    "clear_caches", "delta_for_epsilon", "effective_budget", "epsilon", "epsilon_all", "epsilon_per_release",
+    "participation_cap", "release_from_dict", "steps_per_round", "validate_release_params", "wire",
 ]

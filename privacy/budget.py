@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT, epsilon
 from dpfl.privacy.releases import Release
 
-__all__ = ["BudgetCheck", "check_budget", "effective_budget"]
+__all__ = ["BudgetCheck", "check_budget"]
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,6 @@ class BudgetCheck:
     epsilon_after: float
     budget: float
     reason: str
-
-
-def effective_budget(epsilon_budget: float, target_epsilon: float) -> float:
-    """The budget a release must respect: the explicit one, a calibration target, or the smaller of
-    both (0: none)."""
-    if epsilon_budget > 0 and target_epsilon > 0:
-        return min(epsilon_budget, target_epsilon)
-    return max(epsilon_budget, target_epsilon, 0.0)
 
 
 def check_budget(releases: Sequence[Release], next_release: Release, delta: float, budget: float,

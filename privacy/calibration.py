@@ -22,12 +22,6 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def participation_cap(max_participations: int, num_rounds: int) -> int:
-    """Most rounds one client may train in (0 means every round): the client calibrates its noise for this
-    many releases and the server never samples it more often, so both must read the setting the same way."""
-    return int(max_participations) or int(num_rounds)
-
-
 def steps_per_round(declared_records: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
     """(q, steps) of one round of local DP-SGD: q = batch / declared records (capped at 1),
     steps = epochs x ceil(records / batch).

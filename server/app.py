@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
-from dpfl.privacy import effective_budget, participation_cap
+from dpfl.privacy import PolicyError, PrivacyPolicy
 from dpfl.server.averaging import ServerOptimizer
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.roster import Roster
@@ -24,12 +23,6 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 log = logging.getLogger("dpfl.server")
-
-NOT_PRIVATE_STAMP = "NOT PRIVATE"
-ASSUMPTION = ("Sample-level DP for each client's records, composed over every round that client trained in. "
-              "The federation's epsilon is the maximum over clients because every record lives at exactly one "
-              "client under a fixed partition and all clients share one delta.")
-
 
 class ServerConfigError(ValueError):
     """The server cannot start with this configuration; the message says what to set."""
@@ -48,48 +41,21 @@ class ServerSetup:
     on_finish: Callable[[FederationResult, RunDirectory, float], None] | None = None
 
 
-def resolve_delta(cfg: Mapping[str, Any], declared_total: int | None) -> float:
-    """The federation's one delta: configured, or 1 / (10 x total declared records) rounded down."""
-    if float(cfg["delta"]) > 0:
-        return float(cfg["delta"])
-    if not declared_total:
-        raise ServerConfigError("delta=0 (auto) needs the total number of declared records, which this server "
-                                "does not know; set --delta (e.g. 1e-6)")
-    raw = 1.0 / (10.0 * declared_total)
-    exponent = math.floor(math.log10(raw))
-    mantissa = math.floor(raw / 10**exponent * 10) / 10  # two significant digits, rounded down
-    return float(f"{mantissa:.1f}e{exponent}")
-
-
-def privacy_statement(cfg: Mapping[str, Any]) -> list[str]:
-    lines = []
-    if not cfg["dp"]:
-        lines.append(f"{NOT_PRIVATE_STAMP}: dp=false, this run has no differential-privacy guarantee.")
-    elif cfg["deterministic-noise"]:
-        lines.append(f"{NOT_PRIVATE_STAMP}: deterministic-noise=true seeds the DP noise from --seed; anyone "
-                     "who knows the seed can remove it. For tests only.")
-    else:
-        lines.append(ASSUMPTION)
-    if cfg["private-metrics"]:
-        lines.append("private-metrics=true: clients also sent loss/accuracy computed on their private data; "
-                     "the guarantee does NOT cover those values.")
-    if float(cfg["fraction-evaluate"]) > 0:
-        lines.append("fraction-evaluate>0: client-side evaluation metrics were computed on private validation "
-                     "data and are NOT covered by the guarantee.")
-    return lines
-
-
 def serve(grid: Grid, s: ServerSetup) -> FederationResult:
     cfg = s.config
     t_start = time.perf_counter()
-    delta = resolve_delta(cfg, s.declared_total)
+    policy = PrivacyPolicy.from_config(cfg)
+    try:
+        delta = policy.delta(s.declared_total)
+    except PolicyError as exc:
+        raise ServerConfigError(str(exc)) from exc
     rundir = RunDirectory(s.run_path).create()
     rundir.write_json("config.json", {**cfg, "resolved": {"delta": delta,
-                                                          "max-participations": _max_participations(cfg)},
-                                      "privacy-statement": privacy_statement(cfg)})
+                                                          "max-participations": policy.participation_cap},
+                                      "privacy-statement": policy.statement()})
     num_clients = int(cfg["num-clients"])
     roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=str(cfg["accountant"]),
-                    max_participations=_max_participations(cfg), budget=_budget(cfg))
+                    max_participations=policy.participation_cap, budget=policy.budget)
     strategy = DpFedAvg(roster=roster, num_clients=num_clients, fraction_train=float(cfg["fraction-train"]),
                         min_train_clients=int(cfg["min-train-clients"]),
                         fraction_evaluate=float(cfg["fraction-evaluate"]),
@@ -104,7 +70,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         eval_model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate_model(eval_model, s.test_x, s.test_y)
 
-    for line in privacy_statement(cfg):
+    for line in policy.statement():
         log.info(line)
     log.info("delta = %.3g for every client; accountant %s", delta, cfg["accountant"])
     result = run_federation(grid=grid, cfg=cfg, strategy=strategy, roster=roster, evaluate=evaluate,
@@ -118,22 +84,14 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         "final_loss": result.final_loss, "epsilon_max": result.epsilon_max, "delta": delta,
         "accountant": cfg["accountant"], "epsilon_per_client": result.epsilons,
         "clients": roster.state()["clients"], "wall_seconds": wall,
-        "not_private": (not cfg["dp"]) or bool(cfg["deterministic-noise"]),
-        "privacy_statement": privacy_statement(cfg),
+        "not_private": policy.not_private,
+        "privacy_statement": policy.statement(),
     })
     if result.stop_reason:
         log.warning("run stopped early after round %d: %s", result.rounds_completed, result.stop_reason)
     if s.on_finish is not None:
         s.on_finish(result, rundir, wall)
     return result
-
-
-def _max_participations(cfg: Mapping[str, Any]) -> int:
-    return participation_cap(int(cfg["max-participations"]), int(cfg["num-server-rounds"]))
-
-
-def _budget(cfg: Mapping[str, Any]) -> float:
-    return effective_budget(float(cfg["epsilon-budget"]), float(cfg["target-epsilon"]))
 
 
 def build_server_app(setup: Callable[[Context], ServerSetup]) -> ServerApp:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT
-from dpfl.privacy.budget import effective_budget
+from dpfl.privacy.policy import effective_budget, is_not_private
 from dpfl.privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
 from dpfl.privacy.report.jsonsafe import finite
 from dpfl.privacy.report.rundata import RunData, natural_key
@@ -307,10 +307,8 @@ def build_report(run: RunData) -> dict[str, Any]:
     """The complete report for one run directory, as a JSON-able dict."""
     cfg, summary = run.config, run.summary or {}
     dp = _flag(cfg, "dp") if "dp" in cfg else True
-    if "not_private" in summary:
-        not_private = bool(summary["not_private"])
-    else:
-        not_private = not dp or _flag(cfg, "deterministic-noise")
+    # Conservative: not private if the summary says so or the config does (either may be missing).
+    not_private = bool(summary.get("not_private")) or is_not_private(dp, _flag(cfg, "deterministic-noise"))
     delta = finite(run.resolved.get("delta")) or finite(summary.get("delta"))
     if delta is None and run.metrics:
         delta = finite(run.metrics[-1].get("delta"))

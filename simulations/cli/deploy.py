@@ -153,11 +153,10 @@ def _config_and_preflight(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_run_summary(cfg: RunConfig, run_path: Path, summary: dict) -> None:
-    from dpfl.server.app import privacy_statement
     from dpfl.simulations.cli.main import _print_summary
     from dpfl.simulations.deploy.launch import client_events, result_from_summary
 
-    _print_summary(cfg, result_from_summary(summary), run_path, privacy_statement(cfg.as_dict()))
+    _print_summary(cfg, result_from_summary(summary), run_path, cfg.policy.statement())
     events = client_events(summary)
     console = _console()
     for cid, rnd, event, reason in events:

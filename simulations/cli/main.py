@@ -46,7 +46,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    from dpfl.server.app import privacy_statement
     from dpfl.simulations.cli.progress import RichReporter
     from dpfl.simulations.engines.ray_engine import RayEngineError
     from dpfl.simulations.engines.simulate import preflight, simulate
@@ -77,7 +76,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from dpfl.simulations.deploy.launch import load_summary, result_from_summary
 
         result = result_from_summary(load_summary(outcome.run_path) or {})
-    _print_summary(cfg, result, outcome.run_path, privacy_statement(cfg.as_dict()))
+    _print_summary(cfg, result, outcome.run_path, cfg.policy.statement())
     return 0 if not result.stop_reason or result.rounds_completed > 0 else 1
 
 

@@ -16,7 +16,10 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dpfl.privacy.policy import PrivacyPolicy
 
 Scalar = bool | int | float | str
 
@@ -212,14 +215,19 @@ class RunConfig:
 
     @property
     def max_participations(self) -> int:
-        from dpfl.privacy import participation_cap
-
-        return participation_cap(int(self["max-participations"]), int(self["num-server-rounds"]))
+        return self.policy.participation_cap
 
     @property
     def not_private(self) -> bool:
         """True when the run's outputs carry no DP guarantee (DP off or deterministic noise)."""
-        return (not self["dp"]) or bool(self["deterministic-noise"])
+        return self.policy.not_private
+
+    @property
+    def policy(self) -> PrivacyPolicy:
+        """The privacy rules of this run (delta, participation cap, budget, statement): dpfl.privacy.policy."""
+        from dpfl.privacy.policy import PrivacyPolicy  # privacy pulls in dp-accounting: not for `--help`
+
+        return PrivacyPolicy.from_config(self.values)
 
 
 def resolve(*layers: Mapping[str, Any], strict: bool = True) -> RunConfig:

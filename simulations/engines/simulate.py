@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpfl.client.app import noise_multiplier_for
-from dpfl.server.app import resolve_delta
 from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.simulations import apps
@@ -45,7 +44,7 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
         raise ConfigError(f"clients {too_small} have no training records; use fewer clients or another partition")
     sigmas: dict[str, float] = {}
     if cfg["dp"] and float(cfg["target-epsilon"]) > 0:
-        delta = resolve_delta(values, sum(sizes))
+        delta = cfg.policy.delta(sum(sizes))
         for k, n in enumerate(sizes):  # the clients' own calibration (cached), so the printed sigma is theirs
             try:
                 sigmas[f"client-{k:03d}"] = noise_multiplier_for(values, n, delta)

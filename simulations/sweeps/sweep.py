@@ -927,7 +927,9 @@ def collect_row(point: Point, out: Path) -> dict[str, Any]:
     if point.config is None:
         return row
     row["seed"] = point.config.get("seed")
-    row["not_private"] = bool(not point.config["dp"] or point.config["deterministic-noise"])
+    from dpfl.privacy.policy import PrivacyPolicy
+
+    row["not_private"] = PrivacyPolicy.from_config(point.config).not_private
     run = out / "runs" / point.id
     row["run_dir"] = str(run.relative_to(out))
     info = read_json(run / "point.json") or {}
