@@ -16,7 +16,7 @@ from dpfl.privacy.report.jsonsafe import dumps
 from dpfl.privacy.report.plots import write_plots
 from dpfl.privacy.report.render_html import render_html
 from dpfl.privacy.report.render_md import render_markdown
-from dpfl.privacy.report.rundata import RunData, load_run
+from dpfl.privacy.rundata import RunData, load_run
 
 __all__ = ["RunData", "build_report", "load_run", "write_report"]
 

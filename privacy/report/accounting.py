@@ -16,7 +16,7 @@ from dpfl.privacy.accountants import ACCOUNTANTS, epsilon_all, epsilon_per_relea
 from dpfl.privacy.ledger import Ledger
 from dpfl.privacy.releases import DpSgdRelease, Release
 from dpfl.privacy.report.jsonsafe import finite
-from dpfl.privacy.report.rundata import natural_key
+from dpfl.privacy.rundata import natural_key
 
 REL_TOL = 1e-6  # a recomputed epsilon further than this (relative) from the ledger's is a bug
 

@@ -15,7 +15,7 @@ from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT
 from dpfl.privacy.policy import effective_budget, is_not_private
 from dpfl.privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
 from dpfl.privacy.report.jsonsafe import finite
-from dpfl.privacy.report.rundata import RunData, natural_key
+from dpfl.privacy.rundata import RunData, natural_key
 
 SCHEMA = "dpfl-report/1"
 TABLE_ALL_CLIENTS_MAX = 10  # more clients: the documents show the top 10 by epsilon plus summary rows

@@ -1,7 +1,8 @@
-"""Reading a run directory (the contract in docs/architecture.md) without trusting it to be complete.
+"""The one reader of a run directory (the contract in docs/architecture.md), trusting none of its files.
 
-A report is most needed when a run went wrong, so a missing summary or a torn last metrics line
-becomes a warning in the report instead of an exception.
+Report, CLI, engines, sweeps and benchmarks all read ``config.json``, ``summary.json``, ``metrics.jsonl``
+and the ledgers through here. A report is most needed when a run went wrong, so a missing summary or a
+torn last metrics line becomes a warning instead of an exception.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from dpfl.privacy.ledger import Ledger, LedgerError
+
+
+CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LEDGER_DIR = "config.json", "summary.json", "metrics.jsonl", "ledgers"
 
 
 @dataclass
@@ -46,6 +50,9 @@ def _read_json(path: Path, warnings: list[str], quiet_if_missing: bool = False) 
     except json.JSONDecodeError as exc:
         warnings.append(f"{path.name} is not valid JSON ({exc.msg}); ignored")
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        warnings.append(f"{path.name} could not be read ({exc}); ignored")
+        return None
     return data if isinstance(data, dict) else None
 
 
@@ -53,15 +60,40 @@ def _read_metrics(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
     if not path.exists():
         warnings.append("metrics.jsonl is missing: no round was completed")
         return []
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+            int(row.get("round", 0))
+        except (ValueError, TypeError):  # JSONDecodeError is a ValueError
             warnings.append(f"metrics.jsonl line {n} is unreadable (torn write?); skipped")
+            continue
+        rows.append(row)
     return sorted(rows, key=lambda r: int(r.get("round", 0)))
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """summary.json (written once, when the ServerApp finished), or None when missing or unreadable."""
+    return _read_json(Path(run_dir) / SUMMARY_FILE, [], quiet_if_missing=True)
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """config.json (the resolved run config plus ``resolved`` and ``privacy-statement``), or None."""
+    return _read_json(Path(run_dir) / CONFIG_FILE, [], quiet_if_missing=True)
+
+
+def read_metrics(run_dir: str | Path, warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """metrics.jsonl rows by round; unreadable lines are skipped (and named in ``warnings``)."""
+    return _read_metrics(Path(run_dir) / METRICS_FILE, [] if warnings is None else warnings)
+
+
+def has_metrics(run_dir: str | Path) -> bool:
+    """Whether a run directory holds rounds already (a new run must not write into it)."""
+    return (Path(run_dir) / METRICS_FILE).exists()
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -70,14 +102,14 @@ def load_run(run_dir: str | Path) -> RunData:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory; pass runs/<run-id>")
     warnings: list[str] = []
-    config = _read_json(path / "config.json", warnings) or {}
-    summary = _read_json(path / "summary.json", warnings, quiet_if_missing=True)
+    config = _read_json(path / CONFIG_FILE, warnings) or {}
+    summary = _read_json(path / SUMMARY_FILE, warnings, quiet_if_missing=True)
     if summary is None:
         warnings.append("summary.json is missing or unreadable: the run did not finish (or is still "
                         "running); this report uses metrics.jsonl and the ledgers only")
-    metrics = _read_metrics(path / "metrics.jsonl", warnings)
+    metrics = _read_metrics(path / METRICS_FILE, warnings)
     ledgers: dict[str, Ledger] = {}
-    for file in sorted((path / "ledgers").glob("*.jsonl"), key=lambda p: natural_key(p.stem)):
+    for file in sorted((path / LEDGER_DIR).glob("*.jsonl"), key=lambda p: natural_key(p.stem)):
         try:
             ledgers[file.stem] = Ledger.load(file)
         except (LedgerError, ValueError, KeyError) as exc:
