@@ -63,6 +63,7 @@ def federated(cfg: dict[str, Any], name: str, workdir: Path) -> dict[str, Any]:
 def centralised(cfg: dict[str, Any]) -> dict[str, Any]:
     """DP-SGD on the pooled data at the federated run's effective noise (see module docstring)."""
     import torch
+
     from dpfl.client.app import noise_multiplier_for, train_settings
     from dpfl.client.randomness import dp_generators
     from dpfl.client.training import train_locally

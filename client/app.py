@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
 from dpfl.client.ledger_store import LedgerConflictError, ledger_path, load_ledger, remember
 from dpfl.client.randomness import dp_generators, pick_device
 from dpfl.client.training import TrainSettings, train_locally
@@ -31,8 +34,6 @@ from dpfl.privacy import (
     steps_per_round,
     wire,
 )
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 log = logging.getLogger("dpfl.client")
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from dpfl.models.zoo import MODELS
 from torch import nn
+
+from dpfl.models.zoo import MODELS
 
 if TYPE_CHECKING:  # client.training will import this module: no import cycle at run time
     from dpfl.client.training import TrainSettings

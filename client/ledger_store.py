@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpfl.privacy import Ledger, LedgerError
 from flwr.app import ConfigRecord, Context
+
+from dpfl.privacy import Ledger, LedgerError
 
 STATE_KEY = "dpfl-ledger"
 

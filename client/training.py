@@ -16,13 +16,14 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from dpfl.client.bookkeeping import BookKeepingClipper
-from dpfl.client.dp_modes import resolve_auto
-from dpfl.privacy import steps_per_round
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
+
+from dpfl.client.bookkeeping import BookKeepingClipper
+from dpfl.client.dp_modes import resolve_auto
+from dpfl.privacy import steps_per_round
 
 
 @dataclass(frozen=True)

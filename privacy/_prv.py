@@ -23,7 +23,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from dpfl.privacy import _rdp
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.prv import (
     DiscretePRV,
@@ -33,6 +32,8 @@ from opacus.accountants.analysis.prv import (
     discretize,
 )
 from scipy import fft as sp_fft
+
+from dpfl.privacy import _rdp
 
 EPS_ERROR_MAX, EPS_ERROR_MIN, EPS_ERROR_RELATIVE = 0.01, 0.002, 0.005
 

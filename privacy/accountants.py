@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
+
 from dpfl.privacy import _pld, _prv, _rdp
 from dpfl.privacy._pld import LRU
 from dpfl.privacy.releases import DpSgdRelease, GaussianRelease, Release

@@ -15,7 +15,6 @@ from typing import Any
 
 from dpfl.privacy.ledger import Ledger, LedgerError
 
-
 CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LEDGER_DIR = "config.json", "summary.json", "metrics.jsonl", "ledgers"
 
 

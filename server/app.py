@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import PolicyError, PrivacyPolicy
@@ -19,8 +22,6 @@ from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.strategy import DpFedAvg
-from flwr.app import ArrayRecord, Context
-from flwr.serverapp import Grid, ServerApp
 
 log = logging.getLogger("dpfl.server")
 

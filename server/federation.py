@@ -13,13 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
 from dpfl.privacy import wire
 from dpfl.server.averaging import ParameterEma
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.strategy import DpFedAvg
-from flwr.app import ArrayRecord, ConfigRecord
-from flwr.serverapp import Grid
 
 log = logging.getLogger("dpfl.server")
 

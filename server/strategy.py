@@ -17,12 +17,13 @@ import math
 import random
 from collections.abc import Iterable
 
-from dpfl.privacy import DpSgdRelease, wire
-from dpfl.server.averaging import ServerOptimizer
-from dpfl.server.roster import Roster
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from dpfl.privacy import DpSgdRelease, wire
+from dpfl.server.averaging import ServerOptimizer
+from dpfl.server.roster import Roster
 
 log = logging.getLogger("dpfl.server")
 

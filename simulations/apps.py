@@ -14,13 +14,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from flwr.app import Context
+
 from dpfl.client.app import ClientSetup, build_client_app
 from dpfl.server.app import ServerSetup, build_server_app
 from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.simulations.config.options import ConfigError, RunConfig, resolve
 from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
-from flwr.app import Context
 
 
 class ServerHooks:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
 from dpfl.models import build_model
 from dpfl.simulations.engines.inprocess import set_task_identity
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 
 def train_call(cfg: dict[str, Any], run_path: Path, *, partition_id: int = 0) -> tuple[Message, Context]:

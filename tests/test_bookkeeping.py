@@ -8,10 +8,11 @@ import statistics
 
 import pytest
 import torch
+from torch import nn
+
 from dpfl.client import bookkeeping
 from dpfl.client.bookkeeping import BookKeepingClipper, UnsupportedLayerError
 from dpfl.models import build_model
-from torch import nn
 
 TOL = 1e-10
 

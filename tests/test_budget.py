@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from dpfl.privacy import DpSgdRelease, epsilon
 from dpfl.simulations.config.options import resolve
 from dpfl.simulations.engines.simulate import simulate
@@ -42,6 +43,7 @@ def test_budget_stops_the_run_cleanly_with_no_client_over_budget(tmp_path: Path)
 def test_client_declines_when_its_own_ledger_says_no(tmp_path: Path) -> None:
     """The client refuses on its own: the decline is an error reply with the budget code."""
     from client_messages import train_call
+
     from dpfl.privacy import wire
     from dpfl.simulations.apps import clientapp
 

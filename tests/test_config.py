@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from dpfl.simulations.config.options import DEFAULTS, ConfigError, parse_run_config_string, resolve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from dpfl.simulations.data.datasets import (
     CONFIG_DEFAULTS,
     DATASETS,

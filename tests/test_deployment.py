@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dpfl.simulations.config.options import resolve
 from dpfl.simulations.deploy.certs import CertificateError, certificate_hosts, generate_certificates, load_certificates
 from dpfl.simulations.deploy.launch import (
@@ -251,9 +252,10 @@ def test_launched_federation_matches_in_process_simulation(tmp_path: Path) -> No
     mostly waits on Flower's 3 s polling, so the two overlap well."""
     from io import StringIO
 
+    from rich.console import Console
+
     from dpfl.simulations.deploy.launch import launch_federation
     from dpfl.simulations.engines.simulate import preflight, simulate
-    from rich.console import Console
 
     run_path = tmp_path / "launched"
     cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "launched"})

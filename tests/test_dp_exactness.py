@@ -13,12 +13,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from dpfl.client.dp_modes import DEFAULT_MODE, FASTEST_MODE, SUPPORTED_MODES, fastest_mode, resolve_auto
 from dpfl.client.training import TrainSettings, poisson_batch, train_locally
 from dpfl.models import build_model
 from dpfl.models.zoo import MODELS
 from dpfl.privacy import steps_per_round
-from torch import nn
 
 N, BATCH, LR, SEED = 24, 16, 0.5, 7  # q = 2/3, 2 steps per round: two Poisson batches of varying size
 OPACUS_NORM_EPS = 1e-6  # Opacus clips with C / (||g|| + 1e-6); checked against both that and C / ||g||

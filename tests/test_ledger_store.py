@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, RecordDict
+
 from dpfl.client.ledger_store import LedgerConflictError, load_ledger, remember
 from dpfl.privacy import DpSgdRelease, Ledger
-from flwr.app import Context, RecordDict
 
 
 def _context() -> Context:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+
 from dpfl.models import (
     INPUT_REQUIREMENTS,
     MODELS,
@@ -12,10 +17,6 @@ from dpfl.models import (
     build_model,
     check_input_shape,
 )
-from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
-from torch import nn
 
 # (model, input shape) pairs each model is meant for, plus other shapes it must also accept.
 CASES = [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dpfl.simulations.data import partition_cache
 from dpfl.simulations.data.datasets import _check_partition, partition_indices
 

@@ -12,6 +12,10 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
+from opacus.accountants import PRVAccountant
+from opacus.accountants.analysis import rdp as opacus_rdp
+from scipy import optimize, stats
+
 from dpfl.privacy import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
@@ -28,9 +32,6 @@ from dpfl.privacy import (
     release_from_dict,
     validate_release_params,
 )
-from opacus.accountants import PRVAccountant
-from opacus.accountants.analysis import rdp as opacus_rdp
-from scipy import optimize, stats
 
 DELTA = 1e-5
 

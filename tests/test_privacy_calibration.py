@@ -6,6 +6,7 @@ import math
 import time
 
 import pytest
+
 from dpfl.privacy import DpSgdRelease, UnknownAccountantError, calibrate_noise, epsilon, steps_per_round
 
 DELTA = 1e-5

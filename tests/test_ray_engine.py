@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dpfl.simulations.config.options import resolve
 from dpfl.simulations.deploy.launch import (
     Supervisor,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dpfl.privacy.accountants import epsilon_all, epsilon_per_release
 from dpfl.privacy.releases import DpSgdRelease
 from dpfl.privacy.report import accounting as report_accounting

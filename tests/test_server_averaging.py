@@ -8,8 +8,9 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from dpfl.server.averaging import ParameterEma, ServerOptimizer
 from flwr.app import ArrayRecord
+
+from dpfl.server.averaging import ParameterEma, ServerOptimizer
 
 
 def _record(w: float, steps: int) -> ArrayRecord:

@@ -8,9 +8,10 @@ from pathlib import Path
 import dp_accounting
 import pytest
 import torch
+from opacus.accountants.analysis import rdp as opacus_rdp
+
 from dpfl.simulations.config.options import resolve
 from dpfl.simulations.engines.simulate import simulate
-from opacus.accountants.analysis import rdp as opacus_rdp
 
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 3, "num-server-rounds": 2, "batch-size": 32,
         "local-epochs": 1, "learning-rate": 0.1, "noise-multiplier": 1.0, "workers": 1, "delta": 1e-5,
@@ -157,6 +158,7 @@ def test_worker_pool_gives_the_same_ledgers(tmp_path: Path) -> None:
 
 def test_reply_carries_no_private_metrics_by_default(tmp_path: Path) -> None:
     from client_messages import train_call
+
     from dpfl.simulations.apps import clientapp
 
     cfg = resolve({**BASE, "run-dir": str(tmp_path)}).as_dict()

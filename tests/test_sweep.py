@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import dp_accounting
-import dpfl.simulations.engines.simulate as sim
 import numpy as np
 import pytest
+
+import dpfl.simulations.engines.simulate as sim
 from dpfl.simulations.sweeps import sweep
 from dpfl.simulations.sweeps.report import Group, pareto_front
 from dpfl.simulations.sweeps.sweep import (

@@ -11,10 +11,11 @@ import logging
 import math
 import sys
 
+from rich.console import Console
+
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import sweep as sweep_cli
 from dpfl.simulations.config.options import ConfigError, add_config_flags, config_from_args
-from rich.console import Console
 
 EXIT_BAD_INPUT = 2
 console = Console(highlight=False, soft_wrap=True)

@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dpfl.simulations.cli.progress import LiveBar
-from dpfl.simulations.config.options import OPTIONS, ConfigError, parse_run_config_string
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from dpfl.simulations.cli.progress import LiveBar
+from dpfl.simulations.config.options import OPTIONS, ConfigError, parse_run_config_string
 
 EXIT_BAD_INPUT = 2
 SWEEP_TABLES = {"sweep", "base", "grid", "random"}

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
 from dpfl.simulations.data.partition_cache import cached_partitions
 
 # name -> (per-example input shape, number of classes): known without loading anything.

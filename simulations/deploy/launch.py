@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from dpfl.simulations.config.options import ConfigError, RunConfig
-from dpfl.simulations.deploy.certs import CertPaths
 from rich.console import Console
 from rich.text import Text
+
+from dpfl.simulations.config.options import ConfigError, RunConfig
+from dpfl.simulations.deploy.certs import CertPaths
 
 MARKER_ENV = "DPFL_SUPERVISOR"
 FEDERATION_NAME = "dpfl-local"
@@ -591,8 +592,9 @@ def load_summary(run_path: Path) -> dict[str, Any] | None:
 
 def result_from_summary(summary: Mapping[str, Any]) -> Any:
     """A FederationResult rebuilt from summary.json, so engines in other processes share the CLI summary."""
-    from dpfl.server.federation import FederationResult
     from flwr.app import ArrayRecord
+
+    from dpfl.server.federation import FederationResult
 
     return FederationResult(
         rounds_completed=int(summary["rounds_completed"]), stop_reason=str(summary.get("stop_reason") or ""),

@@ -20,13 +20,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from dpfl.privacy import wire
-from dpfl.simulations.engines import worker_server
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from dpfl.privacy import wire
+from dpfl.simulations.engines import worker_server
 
 log = logging.getLogger("dpfl.engine")
 SERVER_NODE_ID = 1

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 from dpfl.simulations.config.options import RunConfig
 from dpfl.simulations.deploy.launch import (
     LaunchError,
@@ -30,7 +32,6 @@ from dpfl.simulations.deploy.launch import (
     sigterm_as_exception,
     write_run_config,
 )
-from rich.console import Console
 
 LOCAL_FEDERATION = "local"
 

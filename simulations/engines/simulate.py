@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from flwr.app import Context, RecordDict
+
 from dpfl.client.app import noise_multiplier_for
 from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory
@@ -14,7 +16,6 @@ from dpfl.simulations import apps
 from dpfl.simulations.config.options import ConfigError, RunConfig
 from dpfl.simulations.data.datasets import declared_sizes, load_test_set
 from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
-from flwr.app import Context, RecordDict
 
 log = logging.getLogger("dpfl")
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dpfl.simulations.config.options import DEFAULTS, OPTION_BY_KEY, ConfigError, read_toml, resolve, sigma_rule_layer
 
 log = logging.getLogger("dpfl.sweep")

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import torch
-from dpfl.simulations.data.datasets import load_test_set
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from dpfl.simulations.data.datasets import load_test_set
 from peer_app.task import make_model, test
 
 torch.set_num_threads(1)

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from dpfl.models import build_model
-from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from dpfl.models import build_model
+from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
 
 EVAL_BATCH = 1000
 
