@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context
@@ -16,11 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
-from dpfl.privacy import PolicyError, PrivacyPolicy
+from dpfl.privacy import PolicyError
 from dpfl.server.averaging import ServerOptimizer
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
+from dpfl.server.settings import ServerSettings
 from dpfl.server.strategy import DpFedAvg
 
 log = logging.getLogger("dpfl.server")
@@ -31,7 +31,7 @@ class ServerConfigError(ValueError):
 
 @dataclass
 class ServerSetup:
-    config: Mapping[str, Any]  # validated flat run config
+    settings: ServerSettings
     test_x: torch.Tensor
     test_y: torch.Tensor
     input_shape: tuple[int, ...]
@@ -43,29 +43,26 @@ class ServerSetup:
 
 
 def serve(grid: Grid, s: ServerSetup) -> FederationResult:
-    cfg = s.config
+    settings = s.settings
     t_start = time.perf_counter()
-    policy = PrivacyPolicy.from_config(cfg)
+    policy = settings.policy
     try:
         delta = policy.delta(s.declared_total)
     except PolicyError as exc:
         raise ServerConfigError(str(exc)) from exc
     rundir = RunDirectory(s.run_path).create()
-    rundir.write_json("config.json", {**cfg, "resolved": {"delta": delta,
+    rundir.write_json("config.json", {**settings.run_config, "resolved": {"delta": delta,
                                                           "max-participations": policy.participation_cap},
                                       "privacy-statement": policy.statement()})
-    num_clients = int(cfg["num-clients"])
-    roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=str(cfg["accountant"]),
+    roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=policy.accountant,
                     max_participations=policy.participation_cap, budget=policy.budget)
-    strategy = DpFedAvg(roster=roster, num_clients=num_clients, fraction_train=float(cfg["fraction-train"]),
-                        min_train_clients=int(cfg["min-train-clients"]),
-                        fraction_evaluate=float(cfg["fraction-evaluate"]),
-                        server_optimizer=ServerOptimizer(float(cfg["server-learning-rate"]),
-                                                         float(cfg["server-momentum"])),
-                        seed=int(cfg["seed"]))
-    torch.manual_seed(int(cfg["seed"]))
-    model = build_model(str(cfg["model"]), s.input_shape, s.num_classes)
-    eval_model = build_model(str(cfg["model"]), s.input_shape, s.num_classes)
+    strategy = DpFedAvg(roster=roster, num_clients=settings.num_clients, fraction_train=settings.fraction_train,
+                        min_train_clients=settings.min_train_clients, fraction_evaluate=settings.fraction_evaluate,
+                        server_optimizer=ServerOptimizer(settings.server_learning_rate, settings.server_momentum),
+                        seed=settings.seed)
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model, s.input_shape, s.num_classes)
+    eval_model = build_model(settings.model, s.input_shape, s.num_classes)
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
         eval_model.load_state_dict(arrays.to_torch_state_dict())
@@ -73,17 +70,17 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
 
     for line in policy.statement():
         log.info(line)
-    log.info("delta = %.3g for every client; accountant %s", delta, cfg["accountant"])
-    result = run_federation(grid=grid, cfg=cfg, strategy=strategy, roster=roster, evaluate=evaluate,
+    log.info("delta = %.3g for every client; accountant %s", delta, policy.accountant)
+    result = run_federation(grid=grid, settings=settings, strategy=strategy, roster=roster, evaluate=evaluate,
                             rundir=rundir, initial_arrays=ArrayRecord(model.state_dict()), delta=delta,
                             reporter=s.reporter)
     rundir.save_model(result.arrays.to_torch_state_dict())
     wall = time.perf_counter() - t_start
     rundir.write_json("summary.json", {
-        "rounds_completed": result.rounds_completed, "num_server_rounds": int(cfg["num-server-rounds"]),
+        "rounds_completed": result.rounds_completed, "num_server_rounds": settings.num_rounds,
         "stop_reason": result.stop_reason, "final_accuracy": result.final_accuracy,
         "final_loss": result.final_loss, "epsilon_max": result.epsilon_max, "delta": delta,
-        "accountant": cfg["accountant"], "epsilon_per_client": result.epsilons,
+        "accountant": policy.accountant, "epsilon_per_client": result.epsilons,
         "clients": roster.state()["clients"], "wall_seconds": wall,
         "not_private": policy.not_private,
         "privacy_statement": policy.statement(),

@@ -20,6 +20,7 @@ from dpfl.privacy import wire
 from dpfl.server.averaging import ParameterEma
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
+from dpfl.server.settings import ServerSettings
 from dpfl.server.strategy import DpFedAvg
 
 log = logging.getLogger("dpfl.server")
@@ -69,14 +70,14 @@ class FederationResult:
     history: list[dict] = field(default_factory=list)
 
 
-def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, roster: Roster,
+def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, roster: Roster,
                    evaluate: Evaluator, rundir: RunDirectory, initial_arrays: ArrayRecord, delta: float,
                    reporter: Reporter, start_round: int = 1) -> FederationResult:
-    total = int(cfg["num-server-rounds"])
-    dp = bool(cfg["dp"])
+    total = settings.num_rounds
+    dp = settings.dp
     arrays = initial_arrays  # the training iterate: what clients start from
     released = initial_arrays  # what is evaluated and saved: the iterate, or its EMA over rounds
-    ema = ParameterEma(float(cfg["ema-decay"]))
+    ema = ParameterEma(settings.ema_decay)
     t_run = time.perf_counter()
     history = rundir.read_metrics() if start_round > 1 else []
     if start_round == 1:
@@ -84,7 +85,7 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
         log.info("round   0/%d | accuracy %.4f | loss %.4f (initial model)", total, acc0, loss0)
     reporter.start(total)
     rounds_done = start_round - 1
-    _wait_for_nodes(grid, int(cfg["min-train-clients"]), float(cfg["round-timeout"]))
+    _wait_for_nodes(grid, settings.min_train_clients, settings.round_timeout)
     try:
         for server_round in range(start_round, total + 1):
             t0 = time.perf_counter()
@@ -93,25 +94,25 @@ def run_federation(*, grid: Grid, cfg: Mapping[str, Any], strategy: DpFedAvg, ro
             if not messages:
                 break
             sent_to = {m.metadata.dst_node_id for m in messages}
-            replies = list(grid.send_and_receive(messages, timeout=float(cfg["round-timeout"])))
+            replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
             answered = {r.metadata.src_node_id for r in replies} & sent_to
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
             events = list(strategy.round_events)
             for node in sorted(sent_to - answered):
-                cid = roster.record_drop(node, server_round, f"no reply within {cfg['round-timeout']} s")
+                cid = roster.record_drop(node, server_round, f"no reply within {settings.round_timeout} s")
                 events.append({"client": cid, "event": "dropped", "reason": "no reply within the round timeout"})
             participants = sum(1 for r in replies if not r.has_error() and r.metadata.src_node_id in sent_to)
-            if participants < int(cfg["min-train-clients"]):
+            if participants < settings.min_train_clients:
                 strategy.stop_reason = (
                     f"round {server_round}: only {participants} client(s) returned an update (min-train-clients is "
-                    f"{cfg['min-train-clients']}); the round is not counted and the model is the one after round "
+                    f"{settings.min_train_clients}); the round is not counted and the model is the one after round "
                     f"{server_round - 1}")
                 break
             if new_arrays is not None:
                 arrays = new_arrays
                 released = ema.update(arrays)
-            if float(cfg["fraction-evaluate"]) > 0:
-                _client_side_evaluation(strategy, grid, server_round, released, float(cfg["round-timeout"]))
+            if settings.fraction_evaluate > 0:
+                _client_side_evaluation(strategy, grid, server_round, released, settings.round_timeout)
             loss, acc = evaluate(released)
             row = {
                 "round": server_round, "accuracy": acc, "loss": loss,

@@ -10,30 +10,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
+from flwr.serverapp import ServerApp
 
 from dpfl.client.app import ClientSetup, build_client_app
 from dpfl.server.app import ServerSetup, build_server_app
 from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
+from dpfl.server.settings import ServerSettings
 from dpfl.simulations.config.options import ConfigError, RunConfig, resolve
 from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
 
 
+@dataclass(frozen=True)
 class ServerHooks:
-    """What a driving engine may plug into the server: a progress reporter, an end-of-run hook,
-    and the run directory it chose (so the CLI knows where outputs went)."""
+    """What a driving engine plugs into the server, passed explicitly to ``make_serverapp``: a progress
+    reporter, an end-of-run hook (default: write the privacy report), and the run directory it chose (so
+    the CLI knows where outputs went). ``flwr run`` and a SuperLink use the defaults."""
 
-    reporter_factory: Callable[[], Reporter] | None = None
+    reporter: Reporter | None = None
     on_finish: Callable[[FederationResult, RunDirectory, float], None] | None = None
     run_path: Path | None = None
-
-
-HOOKS = ServerHooks()
 
 
 def config_from_context(context: Context) -> RunConfig:
@@ -88,16 +90,15 @@ def default_run_path(cfg: RunConfig) -> Path:
     return Path(str(cfg["run-dir"])).expanduser().resolve() / name
 
 
-def server_setup(context: Context) -> ServerSetup:
+def server_setup(context: Context, hooks: ServerHooks) -> ServerSetup:
     cfg = config_from_context(context)
     values = cfg.as_dict()
     test_x, test_y, input_shape, num_classes = load_test_set(values)
-    run_path = HOOKS.run_path or default_run_path(cfg)
     return ServerSetup(
-        config=values, test_x=test_x, test_y=test_y, input_shape=input_shape, num_classes=num_classes,
-        run_path=run_path, declared_total=sum(declared_sizes(values)),
-        reporter=HOOKS.reporter_factory() if HOOKS.reporter_factory else LogReporter(),
-        on_finish=HOOKS.on_finish or finish_run,
+        settings=ServerSettings.from_config(values), test_x=test_x, test_y=test_y, input_shape=input_shape,
+        num_classes=num_classes, run_path=hooks.run_path or default_run_path(cfg),
+        declared_total=sum(declared_sizes(values)), reporter=hooks.reporter or LogReporter(),
+        on_finish=hooks.on_finish or finish_run,
     )
 
 
@@ -108,5 +109,11 @@ def finish_run(result: FederationResult, rundir: RunDirectory, wall: float) -> N
     write_report(rundir.path)
 
 
+def make_serverapp(hooks: ServerHooks | None = None) -> ServerApp:
+    """The ServerApp with an engine's hooks; ``serverapp`` below is the one with the defaults."""
+    chosen = hooks or ServerHooks()
+    return build_server_app(lambda context: server_setup(context, chosen))
+
+
 clientapp = build_client_app(client_setup)
-serverapp = build_server_app(server_setup)
+serverapp = make_serverapp()

@@ -10,6 +10,7 @@ from pathlib import Path
 from flwr.app import Context, RecordDict
 
 from dpfl.client.app import noise_multiplier_for
+from dpfl.privacy.rundata import has_metrics
 from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.simulations import apps
@@ -66,7 +67,7 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
     """Run the same ServerApp and ClientApp as every other engine, here on one machine."""
     sigmas = preflight(cfg)
     path = run_path or apps.default_run_path(cfg)
-    if (path / "metrics.jsonl").exists():
+    if has_metrics(path):
         raise ConfigError(f"run directory {path} already holds a run; choose another --run-name")
     if engine == "ray":
         from dpfl.simulations.engines.ray_engine import simulate_on_ray
@@ -82,19 +83,13 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
             grid.release_workers()
         apps.finish_run(result, rundir, wall)
 
-    apps.HOOKS.reporter_factory = (lambda: reporter) if reporter is not None else None
-    apps.HOOKS.on_finish = on_finish
-    apps.HOOKS.run_path = path
-    try:
-        with InProcessGrid(client_app_ref="dpfl.simulations.apps:clientapp", run_config=cfg.as_dict(),
-                           num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg),
-                           worker_preload_ref="dpfl.simulations.apps:preload_data") as grid:
-            grids.append(grid)
-            grid.warm_up(wait=False)  # workers import and load data while the server sets up
-            context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
-                              run_config=cfg.as_dict())
-            apps.serverapp(grid, context)
-    finally:
-        apps.HOOKS.reporter_factory = apps.HOOKS.on_finish = None
-        apps.HOOKS.run_path = None
+    serverapp = apps.make_serverapp(apps.ServerHooks(reporter=reporter, on_finish=on_finish, run_path=path))
+    with InProcessGrid(client_app_ref="dpfl.simulations.apps:clientapp", run_config=cfg.as_dict(),
+                       num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg),
+                       worker_preload_ref="dpfl.simulations.apps:preload_data") as grid:
+        grids.append(grid)
+        grid.warm_up(wait=False)  # workers import and load data while the server sets up
+        context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
+                          run_config=cfg.as_dict())
+        serverapp(grid, context)
     return SimulationOutcome(path, holder.get("result"), sigmas)
