@@ -70,7 +70,7 @@ def centralised(cfg: dict[str, Any]) -> dict[str, Any]:
     from dpfl.models import build_model
     from dpfl.models.evaluation import evaluate_model
     from dpfl.privacy import DpSgdRelease, epsilon, steps_per_round
-    from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
+    from dpfl.simulations.data.clients import declared_sizes, load_client_data, load_test_set
 
     t0 = time.perf_counter()
     k = int(cfg["num-clients"])

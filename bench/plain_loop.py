@@ -29,7 +29,7 @@ def _train_client(args: tuple[int, int, dict[str, torch.Tensor]]) -> tuple[int, 
     from dpfl.client.randomness import dp_generators
     from dpfl.client.training import TrainSettings, train_locally
     from dpfl.models import build_model
-    from dpfl.simulations.data.datasets import load_client_data, load_test_set
+    from dpfl.simulations.data.clients import load_client_data, load_test_set
 
     pid, server_round, weights = args
     cfg = _STATE["cfg"]
@@ -54,7 +54,7 @@ def run_plain(cfg: dict[str, Any], workers: int) -> dict[str, Any]:
     from dpfl.models import build_model
     from dpfl.models.evaluation import evaluate_model
     from dpfl.privacy import DpSgdRelease, epsilon
-    from dpfl.simulations.data.datasets import declared_sizes, load_test_set
+    from dpfl.simulations.data.clients import declared_sizes, load_test_set
 
     t0 = time.perf_counter()
     torch.set_num_threads(1)

@@ -24,7 +24,7 @@ from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
 from dpfl.simulations.config.options import ConfigError, RunConfig, resolve
-from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
+from dpfl.simulations.data.clients import declared_sizes, load_client_data, load_test_set
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from dpfl.simulations.data.datasets import (
-    CONFIG_DEFAULTS,
-    DATASETS,
-    FASHION_MNIST_DIR,
-    DataError,
-    dataset_info,
-    declared_sizes,
-    load_client_data,
-    load_dataset,
-    load_test_set,
-    partition_indices,
-)
+from dpfl.simulations.data.clients import CONFIG_DEFAULTS, declared_sizes, load_client_data, load_test_set
+from dpfl.simulations.data.datasets import DATASETS, FASHION_MNIST_DIR, DataError, dataset_info, load_dataset
+from dpfl.simulations.data.partitions import partition_indices
 
 SCHEMES = ["iid", "dirichlet", "shards"]
 

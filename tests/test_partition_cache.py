@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dpfl.simulations.data import partition_cache
-from dpfl.simulations.data.datasets import _check_partition, partition_indices
+from dpfl.simulations.data.partitions import check_partition, partition_indices
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _check(labels: np.ndarray):
-    return lambda parts: _check_partition(parts, len(labels), "dirichlet")
+    return lambda parts: check_partition(parts, len(labels), "dirichlet")
 
 
 def _compute_counter(labels: np.ndarray) -> tuple[list[int], object]:

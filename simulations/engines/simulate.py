@@ -15,7 +15,7 @@ from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.simulations import apps
 from dpfl.simulations.config.options import ConfigError, RunConfig
-from dpfl.simulations.data.datasets import declared_sizes, load_test_set
+from dpfl.simulations.data.clients import declared_sizes, load_test_set
 from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
 
 log = logging.getLogger("dpfl")

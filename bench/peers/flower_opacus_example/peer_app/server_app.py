@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from dpfl.simulations.data.datasets import load_test_set
+from dpfl.simulations.data.clients import load_test_set
 from peer_app.task import make_model, test
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dpfl.models import build_model
-from dpfl.simulations.data.datasets import declared_sizes, load_client_data, load_test_set
+from dpfl.simulations.data.clients import declared_sizes, load_client_data, load_test_set
 
 EVAL_BATCH = 1000
 

@@ -1,0 +1,145 @@
+"""What one client (its train / validation split) and the server (the test set) get for a run config.
+
+Each client's records are split into local train / validation with a stream seeded by (seed, partition
+id). Partitions are cached on disk (simulations.data.partition_cache), everything else per process; treat
+the returned tensors as read-only, they are shared between callers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from dpfl.simulations.data.datasets import DataError, Dataset, load_dataset
+from dpfl.simulations.data.partition_cache import cached_partitions
+from dpfl.simulations.data.partitions import check_partition, partition_indices
+
+# Defaults of the data keys, equal to simulations/config/options.py (a test keeps them equal); used only when a
+# caller passes a partial mapping.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "dataset": "fashion-mnist", "data-dir": "", "num-clients": 10, "partition": "iid", "dirichlet-alpha": 0.5,
+    "shards-per-client": 2, "validation-fraction": 0.0, "seed": 42, "synthetic-alpha": 1.0,
+    "synthetic-beta": 1.0,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData:
+    """One client's local train and validation records."""
+
+    partition_id: int
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+    @property
+    def declared_records(self) -> int:
+        """The client's public dataset size: it sets the sampling rate and the FedAvg weight."""
+        return int(self.train_y.shape[0])
+
+
+class _DataKey(NamedTuple):
+    """The config values data depend on, normalised so irrelevant keys do not split the caches."""
+
+    dataset: str
+    data_dir: str
+    seed: int
+    num_clients: int
+    partition: str
+    dirichlet_alpha: float
+    shards_per_client: int
+    synthetic_alpha: float
+    synthetic_beta: float
+
+
+def _get(cfg: Mapping[str, Any], key: str) -> Any:
+    try:
+        return cfg[key]
+    except KeyError:
+        return CONFIG_DEFAULTS[key]
+
+
+def _data_key(cfg: Mapping[str, Any]) -> _DataKey:
+    dataset = str(_get(cfg, "dataset"))
+    key = _DataKey(dataset, str(_get(cfg, "data-dir")), int(_get(cfg, "seed")), int(_get(cfg, "num-clients")),
+                   str(_get(cfg, "partition")), float(_get(cfg, "dirichlet-alpha")),
+                   int(_get(cfg, "shards-per-client")), float(_get(cfg, "synthetic-alpha")),
+                   float(_get(cfg, "synthetic-beta")))
+    if dataset == "synthetic":  # the generator's clients are the partition
+        return key._replace(partition="natural", dirichlet_alpha=0.0, shards_per_client=0)
+    key = key._replace(synthetic_alpha=0.0, synthetic_beta=0.0)
+    if key.partition != "dirichlet":
+        key = key._replace(dirichlet_alpha=0.0)
+    if key.partition != "shards":
+        key = key._replace(shards_per_client=0)
+    return key
+
+
+def _dataset(key: _DataKey) -> Dataset:
+    return load_dataset(key.dataset, key.data_dir, seed=key.seed, num_clients=key.num_clients,
+                        synthetic_alpha=key.synthetic_alpha, synthetic_beta=key.synthetic_beta)
+
+
+@lru_cache(maxsize=8)
+def _partitions(key: _DataKey) -> tuple[np.ndarray, ...]:
+    ds = _dataset(key)
+    if ds.natural_partitions is not None:
+        return ds.natural_partitions
+    labels = ds.train_y.numpy()
+    params = (key.num_clients, key.partition, key.seed, key.dirichlet_alpha, key.shards_per_client)
+    parts = cached_partitions(labels, params, lambda: partition_indices(
+        labels, key.num_clients, key.partition, seed=key.seed, dirichlet_alpha=key.dirichlet_alpha,
+        shards_per_client=key.shards_per_client), lambda ps: check_partition(ps, len(labels), key.partition))
+    return tuple(parts)
+
+
+def _validation_fraction(cfg: Mapping[str, Any]) -> float:
+    fraction = float(_get(cfg, "validation-fraction"))
+    if not 0 <= fraction < 1:
+        raise DataError(f"validation-fraction must be in [0, 1), got {fraction}")
+    return fraction
+
+
+def _num_val(n: int, fraction: float) -> int:
+    """Validation records of a client with n records: round(n * fraction), always leaving one to train."""
+    if n < 2 or fraction <= 0:
+        return 0
+    return min(n - 1, math.floor(n * fraction + 0.5))
+
+
+@lru_cache(maxsize=1024)
+def _client_data(key: _DataKey, fraction: float, partition_id: int) -> ClientData:
+    ds = _dataset(key)
+    parts = _partitions(key)
+    if not 0 <= partition_id < len(parts):
+        raise DataError(f"partition id {partition_id} is out of range: there are {len(parts)} clients "
+                        f"(num-clients={key.num_clients})")
+    indices = parts[partition_id]
+    order = np.random.default_rng([key.seed, partition_id]).permutation(indices)
+    n_val = _num_val(len(order), fraction)
+    train, val = torch.from_numpy(np.sort(order[n_val:])), torch.from_numpy(np.sort(order[:n_val]))
+    return ClientData(partition_id, ds.train_x[train], ds.train_y[train], ds.train_x[val], ds.train_y[val])
+
+
+def load_client_data(cfg: Mapping[str, Any], partition_id: int) -> ClientData:
+    """Client ``partition_id``'s local train / validation split (cached per process; read-only tensors)."""
+    return _client_data(_data_key(cfg), _validation_fraction(cfg), int(partition_id))
+
+
+def load_test_set(cfg: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:
+    """The server's held-out test set: (x, y, input shape, number of classes)."""
+    ds = _dataset(_data_key(cfg))
+    return ds.test_x, ds.test_y, ds.input_shape, ds.num_classes
+
+
+def declared_sizes(cfg: Mapping[str, Any]) -> list[int]:
+    """Every client's declared (public) train size, from partition sizes alone: no tensors are copied."""
+    fraction = _validation_fraction(cfg)
+    return [len(p) - _num_val(len(p), fraction) for p in _partitions(_data_key(cfg))]
