@@ -74,7 +74,7 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                    evaluate: Evaluator, rundir: RunDirectory, initial_arrays: ArrayRecord, delta: float,
                    reporter: Reporter, start_round: int = 1) -> FederationResult:
     total = settings.num_rounds
-    dp = settings.dp
+    dp = settings.policy.dp
     arrays = initial_arrays  # the training iterate: what clients start from
     released = initial_arrays  # what is evaluated and saved: the iterate, or its EMA over rounds
     ema = ParameterEma(settings.ema_decay)

@@ -39,11 +39,3 @@ class ServerSettings:
                    server_momentum=float(cfg["server-momentum"]), ema_decay=float(cfg["ema-decay"]),
                    round_timeout=float(cfg["round-timeout"]), model=str(cfg["model"]), seed=int(cfg["seed"]),
                    policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg))
-
-    @property
-    def dp(self) -> bool:
-        return self.policy.dp
-
-    @property
-    def accountant(self) -> str:
-        return self.policy.accountant
