@@ -5,7 +5,6 @@ Shared by the benchmarks that compare engines or recipes (bench/deployment.py, b
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -13,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from dpfl.privacy.rundata import read_metrics, read_summary
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: bench/ lives in it
 ENGINES = ("inprocess", "launch", "ray")
 
 
@@ -32,11 +33,9 @@ def run_engine(engine: str, job: dict[str, Any], out_dir: Path, name: str = "") 
     proc = subprocess.run(engine_command(engine, flags), cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     run_path = out_dir / (name or engine)
-    rows = [json.loads(x) for x in (run_path / "metrics.jsonl").read_text().splitlines()] \
-        if (run_path / "metrics.jsonl").exists() else []
-    summary_file = run_path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    seconds = [float(r["seconds"]) for r in rows]
+    rows = read_metrics(run_path)  # [] when the run wrote no round; torn lines skipped
+    summary = read_summary(run_path) or {}
+    seconds = [float(r["seconds"]) for r in rows if isinstance(r.get("seconds"), int | float)]
     return {
         "engine": engine, "exit_code": proc.returncode, "wall_seconds": wall,
         "round_seconds": seconds,

@@ -21,19 +21,20 @@ from pathlib import Path
 
 import pytest
 
+from dpfl.privacy.rundata import read_summary
 from dpfl.simulations.config.options import resolve
 from dpfl.simulations.deploy.certs import CertificateError, certificate_hosts, generate_certificates, load_certificates
-from dpfl.simulations.deploy.launch import (
-    LogPrinter,
-    Supervisor,
+from dpfl.simulations.deploy.flower import node_config_string
+from dpfl.simulations.deploy.logs import LogPrinter
+from dpfl.simulations.deploy.processes import (
     descendants,
     free_ports,
     is_alive,
     listening_ports,
-    node_config_string,
     pids_with_marker,
     port_listening,
 )
+from dpfl.simulations.deploy.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER = shutil.which("flower-superlink") and shutil.which("flower-supernode") and shutil.which("flwr")
@@ -128,7 +129,9 @@ def launch_and_kill_client_1(run_path: Path, *, rounds: int, min_train_clients: 
 
 
 def summary(run_path: Path) -> dict:
-    return json.loads((run_path / "summary.json").read_text())
+    found = read_summary(run_path)
+    assert found is not None, f"{run_path} has no readable summary.json"
+    return found
 
 
 def ledger_entries(path: Path) -> list[dict]:
@@ -219,6 +222,42 @@ def test_node_config_refuses_values_flower_would_split() -> None:
     assert node_config_string({"partition-id": 1, "data-dir": "/d"}) == 'partition-id=1 data-dir="/d"'
     with pytest.raises(ValueError, match="spaces"):
         node_config_string({"data-dir": "/my data"})
+
+
+def test_a_torn_or_incomplete_summary_is_one_error_line_not_a_traceback(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Engines in other processes only have summary.json; a run killed while writing it must still end
+    with one clear line and exit code 1."""
+    from dpfl.simulations.cli.deploy import _print_run_summary
+    from dpfl.simulations.cli.summary import SummaryError, client_events, result_from_summary
+
+    cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "torn"})
+    run_path = tmp_path / "torn"
+    run_path.mkdir()
+    (run_path / "summary.json").write_text('{"rounds_completed": 2, "final_acc')  # torn write
+    assert read_summary(run_path) is None
+    with pytest.raises(SummaryError, match="missing or unreadable"):
+        result_from_summary(read_summary(run_path), run_path)
+    with pytest.raises(SummaryError, match="final_accuracy"):
+        result_from_summary({"rounds_completed": 2, "final_accuracy": None}, run_path)
+    assert _print_run_summary(cfg, run_path, {"rounds_completed": 2}) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "final_accuracy" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert client_events({"clients": {"client-000": {"events": [{"round": 2, "event": "dropped"}, "junk"]},
+                                      "client-001": None}}) == [("client-000", 2, "dropped", "")]
+    full = {"rounds_completed": 2, "final_accuracy": 0.5, "epsilon_max": 1.5, "delta": 1e-5,
+            "epsilon_per_client": {"client-000": 1.5}, "wall_seconds": 3.0}
+    assert _print_run_summary(cfg, run_path, full) == 0
+    out = capsys.readouterr().out
+    assert "rounds        2/2" in out and "ε             1.500 at δ = 1e-05" in out and "3.0 s" in out
+
+
+def test_error_lines_show_brackets_instead_of_reading_them_as_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    from dpfl.simulations.cli.common import EXIT_BAD_INPUT, fail
+
+    assert fail("no pyproject.toml with [tool.flwr.app] in /x") == EXIT_BAD_INPUT
+    assert "[tool.flwr.app]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -15,15 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from dpfl.privacy.rundata import read_summary
 from dpfl.simulations.config.options import resolve
-from dpfl.simulations.deploy.launch import (
-    Supervisor,
-    free_ports,
-    listening_ports,
-    load_summary,
-    pids_with_marker,
-    repo_root,
-)
+from dpfl.simulations.deploy.flower import repo_root
+from dpfl.simulations.deploy.processes import free_ports, listening_ports, pids_with_marker
+from dpfl.simulations.deploy.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None or shutil.which("flwr") is None,
@@ -58,7 +54,7 @@ def test_ray_engine_runs_the_same_apps_and_leaves_nothing_running(tmp_path: Path
 
     cfg = resolve({**BASE, "run-dir": str(tmp_path), "run-name": "ray"})
     simulate(cfg, run_path=tmp_path / "ray", engine="ray")
-    ray_summary = load_summary(tmp_path / "ray")
+    ray_summary = read_summary(tmp_path / "ray")
     assert ray_summary is not None and ray_summary["rounds_completed"] == 2
     for name in ("config.json", "metrics.jsonl", "model.pt", "logs/ray.log", "logs/run-config.toml"):
         assert (tmp_path / "ray" / name).exists(), name
@@ -69,7 +65,7 @@ def test_ray_engine_runs_the_same_apps_and_leaves_nothing_running(tmp_path: Path
 
     simulate(resolve({**BASE, "run-dir": str(tmp_path), "run-name": "inprocess", "workers": 1}),
              run_path=tmp_path / "inprocess")
-    reference = load_summary(tmp_path / "inprocess")
+    reference = read_summary(tmp_path / "inprocess")
     assert reference is not None
     assert ray_summary["epsilon_per_client"] == reference["epsilon_per_client"]
     assert abs(ray_summary["final_accuracy"] - reference["final_accuracy"]) <= 0.01
@@ -102,7 +98,7 @@ def test_flower_native_flwr_run_smoke(tmp_path: Path) -> None:
         shutil.rmtree(home, ignore_errors=True)
     assert leftovers == [] and local_superlinks(home.name) == []
     assert link not in listening_ports()
-    summary = load_summary(tmp_path / "native")
+    summary = read_summary(tmp_path / "native")
     assert summary is not None and summary["rounds_completed"] == 1, "\n".join(lines[-50:])
     assert any("round   1/1" in line for line in lines)
 
@@ -110,7 +106,7 @@ def test_flower_native_flwr_run_smoke(tmp_path: Path) -> None:
 def test_ray_engine_refuses_without_a_source_checkout(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
     import dpfl.simulations.engines.ray_engine as ray_engine
-    from dpfl.simulations.deploy.launch import LaunchError
+    from dpfl.simulations.deploy.supervisor import LaunchError
 
     def no_checkout() -> Path:
         raise LaunchError("not a dpfl source checkout")

@@ -14,11 +14,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
+from dpfl.simulations.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, console, error, fail
 from dpfl.simulations.config.options import ConfigError, RunConfig, add_config_flags, config_from_args
 
-EXIT_BAD_INPUT = 2
+if TYPE_CHECKING:
+    from dpfl.simulations.deploy.logs import LogPrinter
+    from dpfl.simulations.deploy.supervisor import Supervisor
+
 DEFAULT_SERVER_ADDRESS = "0.0.0.0:9092"
 ACTIVATED_RE = re.compile(r"Activated node_id=(\d+)")
 
@@ -39,10 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long the SuperLink and SuperNodes may take to come up")
     p.add_argument("--client-threads", type=int, default=None, metavar="N",
                    help="torch threads per client process (default: cores / clients)")
-    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                   help="show every line of every process (Flower's INFO lines included)")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_launch)
+    _add_last_flags(p, cmd_launch, verbose_help="show every line of every process (Flower's INFO lines included)")
 
     p = sub.add_parser("server", help="start a SuperLink for a federation across machines",
                        description="Start flower-superlink (Fleet, Control and Runtime APIs on one "
@@ -63,9 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="wait for num-clients SuperNodes, submit the run, stop when it ends")
     p.add_argument("--startup-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="with --submit: how long to wait for the SuperNodes")
-    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show every line")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_server)
+    _add_last_flags(p, cmd_server)
 
     p = sub.add_parser("client", help="start one SuperNode (a client) that connects to a SuperLink",
                        description="Start flower-supernode for partition K of N. Each training round runs "
@@ -86,8 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    client=True)
     p.add_argument("--flower-home", default=None, metavar="DIR",
                    help="FLWR_HOME of the SuperNode (default: a temporary directory)")
-    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show every line")
-    p.set_defaults(func=cmd_client)
+    _add_last_flags(p, cmd_client, run_config=False)
 
     p = sub.add_parser("certs", help="generate a CA and a server certificate for TLS",
                        description="Write ca.crt, ca.key, server.pem, server.key into DIR. The server "
@@ -101,6 +101,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_certs)
 
 
+def _add_last_flags(p: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int], *,
+                    verbose_help: str = "show every line", run_config: bool = True) -> None:
+    """``--verbose`` (SUPPRESS default: it only overrides the top-level ``-v`` when given), every run-config
+    flag unless the command takes none, and the handler."""
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+    if run_config:
+        add_config_flags(p)
+    p.set_defaults(func=func)
+
+
 def _add_tls_flags(p: argparse.ArgumentParser, *, insecure_help: str, client: bool = False) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--certificates", default=None, metavar="DIR" if not client else "DIR|CA_FILE",
@@ -110,20 +120,8 @@ def _add_tls_flags(p: argparse.ArgumentParser, *, insecure_help: str, client: bo
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-def _fail(message: str) -> int:
-    from dpfl.simulations.cli.main import _fail as cli_fail
-
-    return cli_fail(message)
-
-
 def _verbose(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "verbose", False))
-
-
-def _console():  # noqa: ANN202 - rich Console, imported lazily with the CLI
-    from dpfl.simulations.cli.main import console
-
-    return console
 
 
 def _split_address(address: str, what: str) -> tuple[str, int]:
@@ -152,33 +150,33 @@ def _config_and_preflight(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def _print_run_summary(cfg: RunConfig, run_path: Path, summary: dict) -> None:
-    from dpfl.simulations.cli.main import _print_summary
-    from dpfl.simulations.deploy.launch import client_events, result_from_summary
+def _print_run_summary(cfg: RunConfig, run_path: Path, summary: dict[str, Any] | None) -> int:
+    """Print the summary the ServerApp wrote; 0, or 1 with one error line when it is missing or incomplete."""
+    from dpfl.simulations.cli.summary import SummaryError, print_run_summary
 
-    _print_summary(cfg, result_from_summary(summary), run_path, cfg.policy.statement())
-    events = client_events(summary)
-    console = _console()
-    for cid, rnd, event, reason in events:
-        console.print(f"  [yellow]{cid} {event} in round {rnd}[/]: {reason}")
+    try:
+        print_run_summary(cfg, run_path, summary)
+    except SummaryError as exc:
+        return error(str(exc))
+    return 0
 
 
 # --- launch -----------------------------------------------------------------------------------------------
-def _supervised(console: Any, sup: Any, printer: Any, run: Callable[[], int],
+def _supervised(sup: Supervisor, printer: LogPrinter, run: Callable[[], int],
                 cleanup: Callable[[], None] | None = None) -> int:
     """Run ``run()`` under the supervisor: SIGTERM/Ctrl-C/launch errors become exit codes (143/130/1),
     and every started process is stopped, whatever happened."""
-    from dpfl.simulations.deploy.launch import LaunchError, Terminated, interrupts_deferred, sigterm_as_exception
+    from dpfl.simulations.deploy.supervisor import LaunchError, Terminated, interrupts_deferred, sigterm_as_exception
 
     try:
         with sigterm_as_exception():
             return run()
     except Terminated:
-        return 143
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except LaunchError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 1
     finally:
         with interrupts_deferred():
@@ -189,10 +187,13 @@ def _supervised(console: Any, sup: Any, printer: Any, run: Callable[[], int],
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from dpfl.privacy.rundata import has_metrics
     from dpfl.simulations import apps
     from dpfl.simulations.data.datasets import DataError
     from dpfl.simulations.deploy.certs import CertificateError, load_certificates
-    from dpfl.simulations.deploy.launch import LaunchError, launch_federation, repo_root
+    from dpfl.simulations.deploy.flower import repo_root
+    from dpfl.simulations.deploy.launch import launch_federation
+    from dpfl.simulations.deploy.supervisor import LaunchError
 
     try:
         cfg = config_from_args(args)
@@ -216,11 +217,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
         preflight(cfg)
     except (ConfigError, DataError, CertificateError, LaunchError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     run_path = apps.default_run_path(cfg)
-    if (run_path / "metrics.jsonl").exists():
-        return _fail(f"run directory {run_path} already holds a run; choose another --run-name")
-    console = _console()
+    if has_metrics(run_path):
+        return fail(f"run directory {run_path} already holds a run; choose another --run-name")
     console.print(f"[bold]dpfl launch[/] · {cfg['dataset']} · {cfg['num-clients']} clients (SuperNodes) · "
                   f"model {cfg['model']} · {cfg['num-server-rounds']} rounds · "
                   f"{'TLS' if certs else 'plaintext'}")
@@ -229,10 +229,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                client_threads=args.client_threads)
     code = result.exit_code
     if result.message:
-        style = "yellow" if code in (130, 143) else "bold red"
-        console.print(f"[{style}]{'error: ' if code not in (0, 130, 143) else ''}{result.message}[/]")
+        stopped = code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
+        console.print(f"[{'yellow' if stopped else 'bold red'}]{'error: ' if code and not stopped else ''}"
+                      f"{escape(result.message)}[/]")
     if result.summary is not None:
-        _print_run_summary(cfg, run_path, result.summary)
+        code = code or _print_run_summary(cfg, run_path, result.summary)
     if result.client_exits:
         console.print("  SuperNodes that died during the run: "
                       + ", ".join(f"{k} ({v})" for k, v in result.client_exits.items()))
@@ -249,14 +250,14 @@ def cmd_server(args: argparse.Namespace) -> int:
     from dpfl.simulations import apps
     from dpfl.simulations.data.datasets import DataError
     from dpfl.simulations.deploy.certs import CertificateError, certificate_hosts, load_certificates
-    from dpfl.simulations.deploy.launch import (
-        LaunchError,
+    from dpfl.simulations.deploy.flower import (
         absolute_paths,
         repo_root,
         superlink_command,
         write_flower_home,
         write_run_config,
     )
+    from dpfl.simulations.deploy.supervisor import LaunchError
 
     try:
         if not args.certificates and not args.insecure:
@@ -269,8 +270,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         cfg = _config_and_preflight(args)
         root = repo_root()
     except (ConfigError, DataError, CertificateError, LaunchError) as exc:
-        return _fail(str(exc))
-    console = _console()
+        return fail(str(exc))
     if certs is not None and public_host != "<this machine>":
         names = certificate_hosts(certs.server_cert)
         if public_host not in names:
@@ -303,17 +303,12 @@ def cmd_server(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Path, run_path: Path,
            command: list[str]) -> int:
     """Supervise the SuperLink in the foreground; with --submit, also wait for clients and run."""
-    from dpfl.simulations.deploy.launch import (
-        LaunchError,
-        LogPrinter,
-        Supervisor,
-        flwr_run_command,
-        load_summary,
-        repo_root,
-        run_exit_code,
-    )
+    from dpfl.privacy.rundata import read_summary
+    from dpfl.simulations.deploy.flower import flwr_run_command, repo_root
+    from dpfl.simulations.deploy.launch import run_exit_code
+    from dpfl.simulations.deploy.logs import LogPrinter
+    from dpfl.simulations.deploy.supervisor import LaunchError, Supervisor
 
-    console = _console()
     log_dir = run_path / "logs" if args.submit else home / "logs"
     console.print(f"  (process logs in {log_dir}; Ctrl-C stops the SuperLink)")
     printer = LogPrinter(console, verbose=_verbose(args), merged_log=log_dir / "server-side.log")
@@ -343,27 +338,23 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
                 raise LaunchError(f"flower-superlink died during the run; see {superlink.log_path}")
             time.sleep(0.2)
         server.wait_output(5.0)
-        summary = load_summary(run_path)
+        summary = read_summary(run_path)
         code = run_exit_code(summary)
         if summary is not None:
-            _print_run_summary(cfg, run_path, summary)
-        else:
-            console.print(f"[bold red]error:[/] the run did not finish; see {log_dir}")
+            return code or _print_run_summary(cfg, run_path, summary)
+        console.print(f"[bold red]error:[/] the run did not finish; see {escape(str(log_dir))}")
         return code
 
-    return _supervised(console, sup, printer, run)
+    return _supervised(sup, printer, run)
 
 
 # --- client -----------------------------------------------------------------------------------------------
 def cmd_client(args: argparse.Namespace) -> int:
     from dpfl.simulations.deploy.certs import CertificateError, load_certificates
-    from dpfl.simulations.deploy.launch import (
-        LogPrinter,
-        Supervisor,
-        free_ports,
-        node_config_string,
-        supernode_command,
-    )
+    from dpfl.simulations.deploy.flower import node_config_string, supernode_command
+    from dpfl.simulations.deploy.logs import LogPrinter
+    from dpfl.simulations.deploy.processes import free_ports
+    from dpfl.simulations.deploy.supervisor import Supervisor
 
     try:
         host, _ = _split_address(args.server, "--server")
@@ -392,8 +383,7 @@ def cmd_client(args: argparse.Namespace) -> int:
             raise ConfigError(f"--data-dir {args.data_dir} is not a directory")
         node_config_string(node)  # rejects values Flower cannot parse
     except (ConfigError, CertificateError) as exc:
-        return _fail(str(exc))
-    console = _console()
+        return fail(str(exc))
     if ca is None:
         console.print(f"[yellow]warning: --insecure: traffic to {args.server} is plaintext[/]")
     port = args.port or free_ports(1)[0]
@@ -416,7 +406,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
             shutil.rmtree(home_tmp, ignore_errors=True)
 
-    return _supervised(console, sup, printer, run, cleanup)
+    return _supervised(sup, printer, run, cleanup)
 
 
 # --- certs ------------------------------------------------------------------------------------------------
@@ -426,8 +416,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
     try:
         paths = generate_certificates(args.directory, args.host, days=args.days, overwrite=args.force)
     except CertificateError as exc:
-        return _fail(str(exc))
-    console = _console()
+        return fail(str(exc))
     console.print(f"wrote {paths.ca_cert}, {paths.ca_key} (keep private), {paths.server_cert}, "
                   f"{paths.server_key}")
     console.print(f"  local federation:  dpfl launch --certificates {paths.directory} ...")

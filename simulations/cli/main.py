@@ -1,13 +1,14 @@
-"""The ``dpfl`` command line: simulate, privacy, report (and the engines' own commands).
+"""The ``dpfl`` command line: builds the parser, runs simulate, privacy and report, registers deploy and sweep.
 
 Every subcommand validates its input first: a bad value prints one line naming the key, the value
-and what is allowed, and exits with code 2, before any work starts.
+and what is allowed, and exits with code 2, before any work starts. What the commands share (exit
+codes, console, the error line, logging) is in ``cli/common.py``, so ``cli/deploy.py`` and
+``cli/sweep.py`` never import this module.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
 
@@ -15,28 +16,8 @@ from rich.console import Console
 
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import sweep as sweep_cli
+from dpfl.simulations.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, console, error, fail, setup_logging
 from dpfl.simulations.config.options import ConfigError, add_config_flags, config_from_args
-
-EXIT_BAD_INPUT = 2
-console = Console(highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> int:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
-    return EXIT_BAD_INPUT
-
-
-def _setup_logging(verbose: bool) -> None:
-    """dpfl's own logger prints warnings (INFO with -v); Flower's INFO chatter stays quiet."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    ours = logging.getLogger("dpfl")
-    ours.handlers[:] = [handler]
-    ours.setLevel(logging.INFO if verbose else logging.WARNING)
-    ours.propagate = False
-    import flwr.supercore.logger  # noqa: F401 - Flower sets its logger to DEBUG on import; quiet it afterwards
-
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 # --- simulate -----------------------------------------------------------------------------------
@@ -46,7 +27,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     from dpfl.simulations.cli.progress import RichReporter
     from dpfl.simulations.engines.ray_engine import RayEngineError
     from dpfl.simulations.engines.simulate import preflight, simulate
@@ -54,7 +35,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         sigmas = preflight(cfg)
     except (ConfigError, DataError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     console.print(f"[bold]dpfl simulate[/] · {cfg['dataset']} · {cfg['num-clients']} clients · model {cfg['model']} · "
                   f"{cfg['num-server-rounds']} rounds · engine {args.engine}")
     if sigmas:
@@ -65,40 +46,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         outcome = simulate(cfg, reporter=RichReporter(console), engine=args.engine)
     except (ConfigError, DataError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: the run directory keeps every finished round and all ledgers")
-        return 130
+        return EXIT_INTERRUPTED
     except RayEngineError as exc:  # the Ray run failed in its own processes; the message names the logs
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}")
-        return 1
-    result = outcome.result
-    if result is None:  # engines in other processes (Ray): the ServerApp wrote summary.json
-        from dpfl.simulations.deploy.launch import load_summary, result_from_summary
+        return error(str(exc))
+    from dpfl.privacy.rundata import read_summary
+    from dpfl.simulations.cli.summary import SummaryError, print_summary, result_from_summary
 
-        result = result_from_summary(load_summary(outcome.run_path) or {})
-    _print_summary(cfg, result, outcome.run_path, cfg.policy.statement())
-    return 0 if not result.stop_reason or result.rounds_completed > 0 else 1
-
-
-def _print_summary(cfg, result, run_path, statement: list[str]) -> None:
-    import json
-
-    summary = json.loads((run_path / "summary.json").read_text())
-    console.print()
-    console.print("[bold]summary[/]")
-    console.print(f"  rounds        {result.rounds_completed}/{cfg['num-server-rounds']}"
-                  + (f"  (stopped: {result.stop_reason})" if result.stop_reason else ""))
-    console.print(f"  accuracy      {result.final_accuracy:.4f} (server test set)")
-    if result.epsilon_max is not None:
-        console.print(f"  ε             {result.epsilon_max:.3f} at δ = {summary['delta']:.3g} "
-                      f"(max over clients, {cfg['accountant']})")
-        per_client = ", ".join(f"{c} {e:.3f}" for c, e in result.epsilons.items())
-        console.print(f"  ε per client  {per_client}")
-    for line in statement:
-        console.print(f"  [yellow]{line}[/]" if "NOT" in line else f"  {line}")
-    console.print(f"  wall time     {summary['wall_seconds']:.1f} s")
-    console.print(f"  run directory {run_path}")
+    summary = read_summary(outcome.run_path)
+    try:  # engines in other processes (Ray) have no result here: the ServerApp wrote summary.json
+        result = outcome.result if outcome.result is not None else result_from_summary(summary, outcome.run_path)
+    except SummaryError as exc:
+        return error(str(exc))
+    print_summary(cfg, result, outcome.run_path, summary)
+    return 0 if not result.stop_reason or result.rounds_completed > 0 else EXIT_FAILED
 
 
 # --- privacy calculator ---------------------------------------------------------------------------
@@ -117,7 +80,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
             if not (args.target_epsilon > 0 and math.isfinite(args.target_epsilon)):
                 raise ValueError(f"--target-epsilon {args.target_epsilon} is not valid: expected a number > 0")
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     names = list(ACCOUNTANTS) if args.accountant == "all" else [args.accountant]
     values: dict[str, float] = {}
     try:
@@ -129,7 +92,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
                 values[name] = calibrate_noise(args.target_epsilon, args.delta, args.sample_rate, args.steps, 1,
                                                accountant=name)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     key = "epsilon" if args.what == "epsilon" else "noise_multiplier"
     if args.json:
         out = {key: values if args.accountant == "all" else values[names[0]], "delta": args.delta,
@@ -147,10 +110,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dpfl.privacy.report import write_report
+    from dpfl.privacy.rundata import has_metrics
 
     run = Path(args.run_dir)
-    if not (run / "metrics.jsonl").exists():
-        return _fail(f"{run} is not a dpfl run directory (no metrics.jsonl); pass runs/<run-id>")
+    if not has_metrics(run):
+        return fail(f"{run} is not a dpfl run directory (no metrics.jsonl); pass runs/<run-id>")
     paths = write_report(run)
     for p in paths:
         console.print(str(p))
@@ -199,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         from dpfl.simulations.engines import worker_server
 
         worker_server.start()  # imports the workers' modules on the other core while this process imports
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return int(args.func(args) or 0)
 
 

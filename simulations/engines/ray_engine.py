@@ -18,20 +18,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from dpfl.privacy.rundata import read_summary
 from dpfl.simulations.config.options import RunConfig
-from dpfl.simulations.deploy.launch import (
-    LaunchError,
-    LogPrinter,
-    Supervisor,
-    absolute_paths,
-    free_ports,
-    interrupts_deferred,
-    load_summary,
-    port_listening,
-    repo_root,
-    sigterm_as_exception,
-    write_run_config,
-)
+from dpfl.simulations.deploy.flower import absolute_paths, repo_root, write_run_config
+from dpfl.simulations.deploy.logs import LogPrinter
+from dpfl.simulations.deploy.processes import free_ports, port_listening
+from dpfl.simulations.deploy.supervisor import LaunchError, Supervisor, interrupts_deferred, sigterm_as_exception
 
 LOCAL_FEDERATION = "local"
 
@@ -41,6 +33,7 @@ class RayEngineError(RuntimeError):
 
 
 def ray_command(root: Path, run_config: Path, num_clients: int, cpus_per_client: float) -> list[str]:
+    """``flwr run`` of the checkout on Flower's local simulation federation with ``num_clients`` SuperNodes."""
     cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else cpus_per_client
     return ["flwr", "run", str(root), LOCAL_FEDERATION, "--federation-config",
             f"num-supernodes={num_clients} client-resources-num-cpus={cpus}",
@@ -86,6 +79,6 @@ def simulate_on_ray(cfg: RunConfig, run_path: Path, *, console: Console | None =
         shutil.rmtree(home, ignore_errors=True)
     if leftovers or port_listening(link_port):
         raise RayEngineError(f"processes {leftovers} (or port {link_port}) survived the Ray run's cleanup")
-    if load_summary(run_path) is None:
+    if read_summary(run_path) is None:
         raise RayEngineError(f"the Ray run did not finish (`flwr run` exit code {code}, no summary.json); "
                              f"see {log_dir}/ray.log and {log_dir}/superlink.log")

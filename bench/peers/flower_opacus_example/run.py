@@ -8,8 +8,8 @@ off and one thread per process, on free local ports (so a concurrent run elsewhe
 neither reused nor disturbed). ``flwr run`` starts a detached local SuperLink (which starts the Ray
 simulation); every process it spawns inherits a marker in its environment, and all marked processes are
 stopped afterwards: the SuperLink, the simulation and Ray's daemons, which a process group would miss.
-The marker, free ports and TOML values come from dpfl's own launcher (simulations.deploy.launch), as the app's
-model and data come from dpfl: only how the work is run differs from dpfl.
+The marker, free ports and TOML values come from dpfl's own deployment engine (dpfl.simulations.deploy.processes
+and .flower), as the app's model and data come from dpfl: only how the work is run differs from dpfl.
 
 FILE gets {"round_seconds", "final_accuracy", "epsilon_max" (the per-round epsilon the peer reports for
 its last round, as Flower's Opacus example prints it: NOT cumulative), "wall_seconds_inner", "rounds"}.
@@ -32,7 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dpfl.simulations.deploy.launch import MARKER_ENV, free_ports, pids_with_marker, toml_value
+from dpfl.simulations.deploy.flower import toml_value
+from dpfl.simulations.deploy.processes import MARKER_ENV, free_ports, pids_with_marker
 
 APP_DIR = Path(__file__).resolve().parent
 STOP_GRACE_SECONDS = 10.0
