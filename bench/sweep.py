@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpfl.simulations.cli.sweep import RichSweepProgress, print_results  # noqa: E402
-from dpfl.simulations.sweeps.sweep import load_spec, run_sweep  # noqa: E402
+from dpfl.simulations.sweeps.runner import run_sweep  # noqa: E402
+from dpfl.simulations.sweeps.spec import axes, load_spec  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     outcome = run_sweep(spec, out, jobs=args.jobs, progress=RichSweepProgress(console))
     wall = time.perf_counter() - t0
-    axes = list(spec.grid)
-    print_results(console, outcome, axes)
+    print_results(console, outcome, axes(spec))
     console.print(f"[bold]wall time[/] {wall:.1f} s for {len(outcome.rows)} points with --jobs {args.jobs}")
     keep = ("id", "kind", "status", "params", "final_accuracy", "best_accuracy", "epsilon", "delta",
             "noise_multiplier", "rounds_completed", "wall_seconds", "error")

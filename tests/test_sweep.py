@@ -15,25 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import dp_accounting
 import numpy as np
 import pytest
 
 import dpfl.simulations.engines.simulate as sim
-from dpfl.simulations.sweeps import sweep
-from dpfl.simulations.sweeps.report import Group, pareto_front
-from dpfl.simulations.sweeps.sweep import (
-    RDP_ORDERS,
-    PrivateRun,
-    SweepError,
-    expand,
-    pld_delta,
-    poisson_tuning_rdp,
-    rdp_to_epsilon,
-    run_sweep,
-    spec_from_dict,
-    tnb_tuning_rdp,
-)
+from dpfl.privacy import epsilon, release_from_dict
+from dpfl.privacy.tuning import tnb_mean
+from dpfl.simulations.sweeps import accounting, execution, runner, store
+from dpfl.simulations.sweeps.groups import Group, group_rows, pareto_front
+from dpfl.simulations.sweeps.runner import SweepOutcome, run_sweep
+from dpfl.simulations.sweeps.spec import SweepError, draw_trial_count, expand, point_id, spec_from_dict
 
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 2, "num-server-rounds": 1, "batch-size": 32,
         "local-epochs": 1, "learning-rate": 0.1, "delta": 1e-5}
@@ -42,7 +33,7 @@ TINY = {"sweep": {"name": "tiny"}, "base": BASE,
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> sweep.SweepOutcome:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> SweepOutcome:
     out = tmp_path_factory.mktemp("tiny") / "sweep"
     return run_sweep(spec_from_dict(TINY), out, jobs=1)
 
@@ -73,7 +64,7 @@ def test_linked_axis_and_point_ids_ignore_location() -> None:
     points = [p for p in expand(spec) if p.kind == "private"]
     assert [(p.config["num-clients"], p.config["fraction-train"]) for p in points] == [(2, 1.0), (4, 0.5)]
     cfg = dict(points[0].config)
-    assert sweep.point_id({**cfg, "run-dir": "/elsewhere", "run-name": "x"}) == points[0].id
+    assert point_id({**cfg, "run-dir": "/elsewhere", "run-name": "x"}) == points[0].id
 
 
 def test_invalid_values_become_failed_points_not_a_failed_sweep() -> None:
@@ -106,68 +97,28 @@ def test_random_search_draws_are_seeded_but_the_trial_count_is_not(tmp_path: Pat
     assert [p.params for p in a] == [p.params for p in b]
     for p in a:
         assert 0.01 <= p.params["learning-rate"] <= 1.0 and isinstance(p.params["batch-size"], int)
-    points, k = sweep.plan_sweep(spec, tmp_path, resume=False)
-    sweep._save_plan(tmp_path, spec, points, k)
-    again, k2 = sweep.plan_sweep(spec, tmp_path, resume=True)  # resuming keeps K and the draws
+    points, k = runner.plan_sweep(spec, tmp_path, resume=False)
+    runner.save_plan(tmp_path, spec, points, k)
+    again, k2 = runner.plan_sweep(spec, tmp_path, resume=True)  # resuming keeps K and the draws
     assert k2 == k and [p.id for p in again] == [p.id for p in points]
     changed = spec_from_dict({**data, "random": {**data["random"], "trials": 9}})
     with pytest.raises(SweepError, match="different sweep spec"):
-        sweep.plan_sweep(changed, tmp_path, resume=True)
+        runner.plan_sweep(changed, tmp_path, resume=True)
 
 
 def test_trial_count_distributions() -> None:
     rng = np.random.default_rng(0)
-    assert sweep.draw_trial_count("fixed", 6) == 6
-    poisson = [sweep.draw_trial_count("poisson", 5.0, rng=rng) for _ in range(3000)]
+    assert draw_trial_count("fixed", 6) == 6
+    poisson = [draw_trial_count("poisson", 5.0, rng=rng) for _ in range(3000)]
     assert abs(np.mean(poisson) - 5.0) < 0.2
     for eta in (1.0, 0.0, 0.5):
-        draws = [sweep.draw_trial_count("truncated-negative-binomial", 5.0, eta, rng=rng) for _ in range(3000)]
+        draws = [draw_trial_count("truncated-negative-binomial", 5.0, eta, rng=rng) for _ in range(3000)]
         assert min(draws) >= 1 and abs(np.mean(draws) - 5.0) < 0.4, eta
-    assert sweep.tnb_mean(1.0, 0.2) == pytest.approx(5.0)  # geometric: 1/gamma
-
-
-# --- honest tuning: Papernot & Steinke against a hand computation -----------------------------------------------
-def _gaussian_delta(eps: float, sigma: float) -> float:
-    """delta(eps) of the Gaussian mechanism with sensitivity 1 (Balle & Wang 2018), by hand."""
-    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
-    mu = 1.0 / sigma
-    return phi(-eps / mu + mu / 2) - math.exp(eps) * phi(-eps / mu - mu / 2)
-
-
-def test_poisson_tuning_bound_matches_hand_computation() -> None:
-    sigma, mu, lam = 2.0, 5.0, 10.0
-    release = (sigma, 1.0, 1)  # one Gaussian mechanism: RDP(lambda) = lambda / (2 sigma^2)
-    rdp = sweep.ledger_rdp([release])
-    i = RDP_ORDERS.index(lam)
-    assert rdp[i] == pytest.approx(lam / (2 * sigma**2))
-    eps_hat = math.log(1 + 1 / (lam - 1))
-    hand = lam / (2 * sigma**2) + mu * _gaussian_delta(eps_hat, sigma) + math.log(mu) / (lam - 1)
-    assert hand == pytest.approx(2.2154, abs=2e-4)  # worked out on paper: 1.25 + 5 x 0.15732 + log(5)/9
-    exact = poisson_tuning_rdp(rdp, lambda e: _gaussian_delta(e, sigma), mu)
-    assert exact[i] == pytest.approx(hand, rel=1e-9)
-    # the sweep takes delta_hat from the PLD: it agrees with the closed form
-    assert pld_delta([release], eps_hat) == pytest.approx(_gaussian_delta(eps_hat, sigma), rel=1e-3)
-    # end to end: the sweep's bound for "one trial = this release", then RDP -> (eps, delta)
-    run = PrivateRun(Path("."), "p", 1e-5, "x", {"client-000": [release]}, attempt=False)
-    eps, method, _ = sweep.random_tuning_epsilon([run], [], 1e-5, "poisson", mu, 1.0)
-    assert method == "papernot-steinke-poisson"
-    assert eps == pytest.approx(rdp_to_epsilon(exact, 1e-5), rel=1e-3)
-    # and the standard conversion at lambda = 10 upper-bounds it
-    assert eps <= hand + math.log(1 / 1e-5) / (lam - 1) + 1e-9
-
-
-def test_tnb_tuning_bound_matches_hand_computation() -> None:
-    sigma, eta, gamma, lam = 2.0, 1.0, 0.2, 10.0  # geometric, E[K] = 5
-    rdp = sweep.ledger_rdp([(sigma, 1.0, 1)])
-    out = tnb_tuning_rdp(rdp, eta, gamma)
-    # min over lambda_hat of (1+eta)(1-1/l) l/8 + (1+eta) log(1/gamma)/l = (l-1)/4 + 2 log 5 / l: at l = 3.6
-    hand = lam / 8 + (3.6 - 1) / 4 + 2 * math.log(5) / 3.6 + math.log(5) / (lam - 1)
-    assert out[RDP_ORDERS.index(lam)] == pytest.approx(hand, rel=1e-9)
-    assert hand == pytest.approx(2.9730, abs=1e-3)
+    assert tnb_mean(1.0, 0.2) == pytest.approx(5.0)  # geometric: 1/gamma
 
 
 # --- a tiny sweep, end to end --------------------------------------------------------------------------------------
-def test_tiny_sweep_writes_table_and_report(tiny: sweep.SweepOutcome) -> None:
+def test_tiny_sweep_writes_table_and_report(tiny: SweepOutcome) -> None:
     out = tiny.out
     rows = _rows(out)
     assert len(rows) == 5  # 2 x 2 private points + the non-private baseline
@@ -197,31 +148,33 @@ def test_tiny_sweep_writes_table_and_report(tiny: sweep.SweepOutcome) -> None:
     assert tuning["epsilon"] > tuning["selected_epsilon_alone"]
 
 
-def test_grid_tuning_epsilon_equals_direct_dp_accounting_composition(tiny: sweep.SweepOutcome) -> None:
+def test_grid_tuning_epsilon_composes_every_private_ledger_per_client(tiny: SweepOutcome) -> None:
+    """The sweep's tuning epsilon is the runs' own accountant over each client's ledgers of all runs."""
     tuning = json.loads((tiny.out / "tuning.json").read_text())
     assert tuning["method"] == "pld-per-client" and tuning["private_runs"] == 4
-    per_client: dict[str, dp_accounting.pld.PLDAccountant] = {}
+    per_client: dict[str, list] = {}
     for run in sorted((tiny.out / "runs").iterdir()):
-        if not json.loads((run / "config.json").read_text())["dp"]:
+        config = json.loads((run / "config.json").read_text())
+        if not config["dp"]:
             continue
-        for ledger in (run / "ledgers").glob("*.jsonl"):
-            acc = per_client.setdefault(ledger.stem, dp_accounting.pld.PLDAccountant(
-                value_discretization_interval=1e-4))
-            for line in ledger.read_text().splitlines():
-                e = json.loads(line)
-                acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
-                    e["sample_rate"], dp_accounting.GaussianDpEvent(e["noise_multiplier"])), e["steps"]))
-    direct = max(acc.get_epsilon(tuning["delta"]) for acc in per_client.values())
-    assert len(per_client) == 2
-    assert tuning["epsilon"] == pytest.approx(direct, rel=1e-3)
+        assert config["accountant"] == "pld"
+        for ledger in sorted((run / "ledgers").glob("*.jsonl")):
+            per_client.setdefault(ledger.stem, []).extend(
+                release_from_dict(json.loads(line)) for line in ledger.read_text().splitlines())
+    assert len(per_client) == 2 and all(len(v) == 4 for v in per_client.values())  # 4 runs x 1 round
+    direct = max(epsilon(releases, tuning["delta"], "pld") for releases in per_client.values())
+    assert tuning["epsilon"] == pytest.approx(direct, rel=1e-9)
+    single = max(float(r["epsilon"]) for r in _rows(tiny.out) if r["kind"] == "private")
+    assert tuning["epsilon"] > single
     # and with different partitions (another seed), the RDP path is used and is no smaller than one run
-    runs = sweep.private_runs(tiny.out)
-    shifted = [PrivateRun(r.path, r.point_id, r.delta, f"p{i}", r.ledgers, False) for i, r in enumerate(runs)]
-    eps_rdp, method, _ = sweep.grid_tuning_epsilon(shifted, tuning["delta"])
+    runs = accounting.private_runs(tiny.out)
+    shifted = [accounting.PrivateRun(r.path, r.point_id, r.delta, r.accountant, f"p{i}", r.ledgers, False)
+               for i, r in enumerate(runs)]
+    eps_rdp, method, _ = accounting.grid_tuning_epsilon(shifted, tuning["delta"])
     assert method == "rdp-max-per-run" and eps_rdp >= tuning["epsilon"] * 0.95
 
 
-def test_resume_skips_finished_points_and_reruns_incomplete_ones(tiny: sweep.SweepOutcome,
+def test_resume_skips_finished_points_and_reruns_incomplete_ones(tiny: SweepOutcome,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real = sim.simulate
@@ -260,11 +213,11 @@ def test_a_failing_point_is_recorded_while_the_others_finish(tmp_path: Path) -> 
     assert "Failed points" in (outcome.out / "report.md").read_text()
 
 
-def test_run_directory_ships_back_without_checkpoints(tiny: sweep.SweepOutcome, tmp_path: Path) -> None:
+def test_run_directory_ships_back_without_checkpoints(tiny: SweepOutcome, tmp_path: Path) -> None:
     src = next(p for p in (tiny.out / "runs").iterdir() if (p / "summary.json").exists())
     target = tmp_path / "runs" / src.name
-    sweep.unpack_run(sweep.pack_run(src), target, tmp_path / "attempts")
-    assert sweep.run_complete(target) and not (target / "checkpoints").exists()
+    execution.unpack_run(execution.pack_run(src), target, tmp_path / "attempts")
+    assert store.run_complete(target) and not (target / "checkpoints").exists()
     assert (target / "summary.json").read_text() == (src / "summary.json").read_text()
 
 
@@ -277,15 +230,9 @@ def test_pareto_front_and_seed_groups() -> None:
     rows = [{"id": f"p{s}", "kind": "private", "params": {"target-epsilon": 1.0, "seed": s}, "status": "ok",
              "final_accuracy": acc, "best_accuracy": acc, "epsilon": eps, "accuracy_by_round": [acc],
              "not_private": False} for s, acc, eps in ((1, 0.5, 1.0), (2, 0.7, 1.2))]
-    (group,) = sweep_report_groups(rows)
+    (group,) = group_rows(rows, {"target-epsilon"})
     assert group.acc_mean == pytest.approx(0.6) and group.acc_sd == pytest.approx(math.sqrt(0.02))
     assert group.eps_mean == pytest.approx(1.1) and len(group.ids) == 2
-
-
-def sweep_report_groups(rows: list[dict]) -> list[Group]:
-    from dpfl.simulations.sweeps.report import group_rows
-
-    return group_rows(rows, {"target-epsilon"})
 
 
 # --- command line, worker processes ---------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dpfl.simulations.cli.common import fail
 from dpfl.simulations.cli.progress import LiveBar
-from dpfl.simulations.config.options import OPTIONS, ConfigError, parse_run_config_string
-
-EXIT_BAD_INPUT = 2
-SWEEP_TABLES = {"sweep", "base", "grid", "random"}
-
-
-def _fail(message: str) -> int:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
-    return EXIT_BAD_INPUT
+from dpfl.simulations.config.options import OPTIONS, ConfigError, parse_run_config_string, read_toml
 
 
 def parse_value(text: str) -> Any:
@@ -65,19 +57,18 @@ def _random_rule(item: str, rule: str) -> dict[str, Any]:
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The sweep file (--config), then --run-config and config flags over [base], then --grid/--random."""
-    from dpfl.simulations.sweeps.sweep import spec_from_dict
+    from dpfl.simulations.sweeps.spec import TABLES, spec_from_dict
 
     data: dict[str, Any] = {}
     if args.config_file:
         path = Path(args.config_file)
-        if not path.is_file():
-            raise ConfigError(f"sweep file {str(path)!r} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"sweep file {str(path)!r} is not valid TOML: {exc}") from None
-        if not SWEEP_TABLES & set(data):
+        data = read_toml(path, "sweep file")
+        if not TABLES & set(data):
             data = {"base": data}
+        values = sorted(k for k in TABLES & set(data) if not isinstance(data[k], dict))
+        if values:
+            raise ConfigError(f"sweep file {str(path)!r}: {', '.join(values)} must be a table ([{values[0]}]), "
+                              "not a value")
         data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
         data.setdefault("sweep", {}).setdefault("name", path.stem)
     base = data.setdefault("base", {})
@@ -107,7 +98,7 @@ class RichSweepProgress(LiveBar):
             self.start_bar("points", total)
 
     def point_done(self, point: Any, outcome: Mapping[str, Any]) -> None:
-        from dpfl.simulations.sweeps.report import fmt_value
+        from dpfl.simulations.sweeps.groups import fmt_value
 
         params = " ".join(f"{k}={fmt_value(v)}" for k, v in point.params.items() if v is not None)
         wall = f"({outcome.get('wall_seconds') or 0:.0f} s)"
@@ -124,7 +115,7 @@ class RichSweepProgress(LiveBar):
 
 
 def print_results(console: Console, outcome: Any, axes: list[str]) -> None:
-    from dpfl.simulations.sweeps.report import fmt_value
+    from dpfl.simulations.sweeps.groups import fmt_value
 
     table = Table(title="sweep results")
     for col in ("point", "kind", "status", *axes, "final acc", "best acc", "ε", "wall s"):
@@ -153,7 +144,7 @@ def print_results(console: Console, outcome: Any, axes: list[str]) -> None:
 
 
 def _print_plan(console: Console, spec: Any, points: list[Any], axes: list[str], where: str) -> None:
-    from dpfl.simulations.sweeps.report import fmt_value
+    from dpfl.simulations.sweeps.groups import fmt_value
 
     table = Table(title=f"sweep plan: {spec.name} ({spec.mode})")
     for col in ("point", "kind", *axes, "valid"):
@@ -166,7 +157,9 @@ def _print_plan(console: Console, spec: Any, points: list[Any], axes: list[str],
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from dpfl.simulations.sweeps.sweep import SweepError, _axes, draw_trial_count, expand, report_only, run_sweep
+    from dpfl.simulations.sweeps.runner import report_only, run_sweep
+    from dpfl.simulations.sweeps.spec import SweepError, draw_trial_count, expand
+    from dpfl.simulations.sweeps.spec import axes as swept_axes
 
     console = Console(file=sys.stdout, highlight=False)
     try:
@@ -182,7 +175,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = spec_from_args(args)
         out = args.out or spec.out or os.path.join("runs", "sweeps", spec.name)
         jobs = args.jobs or spec.jobs or (os.cpu_count() or 1)
-        axes = _axes(spec)
+        axes = swept_axes(spec)
         if args.dry_run:
             trials = None
             if spec.random is not None:
@@ -200,7 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcome = run_sweep(spec, out, jobs=jobs, engine=args.engine, ray_address=args.ray_address,
                             resume=args.resume, threads=args.threads, progress=RichSweepProgress(console))
     except (SweepError, ConfigError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: finished points are kept; rerun with --resume to continue")
         return 130

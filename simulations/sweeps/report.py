@@ -1,5 +1,6 @@
-"""Sweep results and report: results.csv/json, seed groups (mean ± sd), the Pareto front, plots, and
-report.md + a self-contained report.html (plots embedded as base64 PNG, no external resources).
+"""Sweep results and report files: results.csv/json, report.md and a self-contained report.html.
+
+report.html embeds its plots as base64 PNG and loads no external resources, scripts or fonts.
 
 The report states which epsilon applies to the selected model: the tuning epsilon of the whole sweep,
 not the epsilon of the selected run alone.
@@ -10,35 +11,24 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 import math
-import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpfl.simulations.sweeps.groups import Group, fmt_value, group_rows, privacy_axes
+from dpfl.simulations.sweeps.plots import plot_accuracy_vs_epsilon, plot_accuracy_vs_rounds, plot_parameter_effects
+from dpfl.simulations.sweeps.results import OK
+from dpfl.simulations.sweeps.spec import SweepSpec
+from dpfl.simulations.sweeps.spec import axes as spec_axes
+
 if TYPE_CHECKING:
-    from dpfl.simulations.sweeps.sweep import SweepSpec, Tuning
+    from dpfl.simulations.sweeps.accounting import Tuning
 
 CSV_FIELDS = ("id", "kind", "status", "final_accuracy", "best_accuracy", "best_round", "epsilon", "delta",
               "noise_multiplier", "rounds_completed", "stop_reason", "wall_seconds", "seed", "trial",
               "run_dir", "error", "warning")
-OK = ("ok", "stopped")
-
-
-def fmt_value(value: Any) -> str:
-    """A swept value as tables show it (linked axes as k=v pairs, baselines' privacy values as '-')."""
-    if value is None:
-        return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={fmt_value(v)}" for k, v in value.items())
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -72,250 +62,6 @@ def write_results(out: Path, rows: Sequence[Mapping[str, Any]], *, axes: Sequenc
             writer.writerow({k: ("" if v is None else v) for k, v in flat.items()})
     json_path.write_text(json.dumps({"axes": list(axes), "rows": list(rows)}, indent=1, default=str) + "\n")
     return [csv_path, json_path]
-
-
-# --- groups and the Pareto front --------------------------------------------------------------------------
-def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
-    vals = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-@dataclass
-class Group:
-    """Points that differ only in seed: one setting, several seeds, reported as mean ± sd."""
-
-    key: str
-    kind: str
-    params: dict[str, Any]
-    setting: str  # the non-privacy part of params: a private group and its baseline share it
-    ids: list[str] = field(default_factory=list)
-    n_ok: int = 0
-    eps_mean: float | None = None
-    eps_sd: float | None = None
-    acc_mean: float | None = None
-    acc_sd: float | None = None
-    best_mean: float | None = None
-    curve: list[float] = field(default_factory=list)  # mean accuracy per round
-    pareto: bool = False
-
-    @property
-    def label(self) -> str:
-        shown = {k: v for k, v in self.params.items() if v is not None}
-        return "; ".join(f"{k}={fmt_value(v)}" for k, v in shown.items()) or "base"
-
-
-def privacy_axes(spec: SweepSpec | None, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    from dpfl.simulations.sweeps.sweep import PRIVACY_KEYS, is_privacy_axis
-
-    if spec is None:
-        return set()
-    axes = {label for label, values in spec.grid.items() if is_privacy_axis(label, values)}
-    if spec.random is not None:
-        axes |= {k for k in spec.random.params if k in PRIVACY_KEYS}
-    return axes
-
-
-def group_rows(rows: Sequence[Mapping[str, Any]], private_axes: set[str]) -> list[Group]:
-    groups: dict[str, Group] = {}
-    for row in rows:
-        params = {k: v for k, v in row["params"].items() if k != "seed"}
-        setting = {k: v for k, v in params.items() if k not in private_axes}
-        key = json.dumps([row["kind"], params], sort_keys=True, default=str)
-        g = groups.setdefault(key, Group(key=key, kind=row["kind"], params=params,
-                                         setting=json.dumps(setting, default=str)))
-        g.ids.append(row["id"])
-    by_id = {r["id"]: r for r in rows}
-    for g in groups.values():
-        members = [by_id[i] for i in g.ids
-                   if by_id[i]["status"] in OK and by_id[i]["final_accuracy"] is not None]
-        g.n_ok = len(members)
-        g.acc_mean, g.acc_sd = _mean_sd([m["final_accuracy"] for m in members])
-        g.best_mean, _ = _mean_sd([m["best_accuracy"] for m in members])
-        if g.kind == "private":
-            g.eps_mean, g.eps_sd = _mean_sd([m["epsilon"] for m in members])
-        curves = [[a for a in m["accuracy_by_round"] if isinstance(a, int | float)] for m in members]
-        length = min((len(c) for c in curves), default=0)
-        g.curve = [statistics.fmean(c[i] for c in curves) for i in range(length)]
-    out = list(groups.values())
-    for g in pareto_front(out):
-        g.pareto = True
-    return out
-
-
-def pareto_front(groups: Sequence[Group]) -> list[Group]:
-    """Private groups not dominated in (epsilon low, accuracy high), sorted by epsilon."""
-    cands = [g for g in groups if g.kind == "private" and g.eps_mean is not None and g.acc_mean is not None]
-    front = []
-    for g in cands:
-        dominated = any(
-            h is not g and h.eps_mean <= g.eps_mean and h.acc_mean >= g.acc_mean  # type: ignore[operator]
-            and (h.eps_mean < g.eps_mean or h.acc_mean > g.acc_mean)  # type: ignore[operator]
-            for h in cands)
-        if not dominated:
-            front.append(g)
-    return sorted(front, key=lambda g: g.eps_mean)  # type: ignore[arg-type, return-value]
-
-
-# --- plots ------------------------------------------------------------------------------------------------
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buf.getvalue()
-
-
-def _settings(groups: Sequence[Group]) -> list[str]:
-    seen: list[str] = []
-    for g in groups:
-        if g.setting not in seen:
-            seen.append(g.setting)
-    return seen
-
-
-def _setting_label(setting: str) -> str:
-    data = json.loads(setting)
-    shown = {k: v for k, v in data.items() if v is not None}
-    return "; ".join(f"{k}={fmt_value(v)}" for k, v in shown.items()) or "base setup"
-
-
-def plot_accuracy_vs_epsilon(groups: Sequence[Group]) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    settings = _settings(groups)
-    colors = plt.get_cmap("tab10")
-    eps_all = [g.eps_mean for g in groups if g.kind == "private" and g.eps_mean]
-    for i, setting in enumerate(settings):
-        color = colors(i % 10)
-        label = _setting_label(setting) if len(settings) > 1 else "DP runs"
-        priv = sorted((g for g in groups if g.setting == setting and g.kind == "private"
-                       and g.eps_mean is not None and g.acc_mean is not None), key=lambda g: g.eps_mean)  # type: ignore[arg-type, return-value]
-        if priv:
-            ax.errorbar([g.eps_mean for g in priv], [g.acc_mean for g in priv],
-                        yerr=[g.acc_sd or 0 for g in priv], xerr=[g.eps_sd or 0 for g in priv], fmt="o-",
-                        color=color, capsize=3, label=label, alpha=0.85)
-        for g in groups:
-            if g.setting == setting and g.kind == "baseline" and g.acc_mean is not None:
-                ax.axhline(g.acc_mean, color=color, linestyle="--", linewidth=1,
-                           label=f"non-private (ε = ∞){'' if len(settings) == 1 else ': ' + label}")
-                if g.acc_sd:
-                    ax.axhspan(g.acc_mean - g.acc_sd, g.acc_mean + g.acc_sd, color=color, alpha=0.08)
-    front = pareto_front(groups)
-    if front:
-        ax.step([g.eps_mean for g in front], [g.acc_mean for g in front], where="post", color="crimson",
-                linewidth=1.5, alpha=0.7)
-        ax.scatter([g.eps_mean for g in front], [g.acc_mean for g in front], s=140, facecolors="none",
-                   edgecolors="crimson", linewidths=2, zorder=5, label="Pareto front")
-    if eps_all and max(eps_all) / max(min(eps_all), 1e-9) > 8:
-        from matplotlib.ticker import NullFormatter
-
-        ax.set_xscale("log")
-        ticks = sorted({float(f"{e:.2g}") for e in eps_all})
-        if len(ticks) <= 12:
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-            ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("ε at δ (max over clients; mean over seeds)")
-    ax.set_ylabel("final test accuracy (mean ± sd over seeds)")
-    ax.set_title("Accuracy vs privacy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _png(fig)
-
-
-def plot_accuracy_vs_rounds(groups: Sequence[Group]) -> bytes:
-    plt = _pyplot()
-    from matplotlib.colors import LogNorm, Normalize
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    priv = [g for g in groups if g.kind == "private" and g.curve and g.eps_mean]
-    eps = [g.eps_mean for g in priv]
-    cmap = plt.get_cmap("viridis")
-    norm: Any = None
-    if eps:
-        lo, hi = min(eps), max(eps)  # type: ignore[type-var]
-        norm = LogNorm(lo, hi) if lo > 0 and hi / lo > 8 else Normalize(lo, hi if hi > lo else lo + 1)
-    for g in sorted(priv, key=lambda g: g.eps_mean):  # type: ignore[arg-type, return-value]
-        label = f"ε = {g.eps_mean:.2f}" + (f" ({g.label})" if len(priv) <= 8 else "")
-        ax.plot(range(1, len(g.curve) + 1), g.curve, marker=".", color=cmap(norm(g.eps_mean)), label=label)
-    labelled = False
-    for g in groups:
-        if g.kind == "baseline" and g.curve:
-            ax.plot(range(1, len(g.curve) + 1), g.curve, linestyle="--", color="black", alpha=0.6,
-                    label=None if labelled or len(priv) > 8 else "non-private (ε = ∞)")
-            labelled = True
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if norm is not None and len(priv) > 8:
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="ε")
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (mean over seeds)")
-    ax.set_title("Accuracy vs rounds, per ε")
-    ax.grid(alpha=0.3)
-    if len(priv) <= 8:
-        ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def _sort_key(value: Any) -> tuple[int, float, str]:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (0, float(value), "")
-    return (1, 0.0, fmt_value(value))
-
-
-def plot_parameter_effects(rows: Sequence[Mapping[str, Any]], axes: Sequence[str], private_axes: set[str],
-                           random_numeric: set[str]) -> bytes | None:
-    """Final accuracy by value of each swept parameter (mean ± sd over the private points with that value;
-    baselines as hollow squares where the parameter is not a privacy one)."""
-    shown = [a for a in axes if len({json.dumps(r["params"].get(a), default=str) for r in rows}) > 1]
-    if not shown:
-        return None
-    plt = _pyplot()
-    cols = min(3, len(shown))
-    nrows = math.ceil(len(shown) / cols)
-    fig, axs = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
-    ok = [r for r in rows if r["status"] in OK and r["final_accuracy"] is not None]
-    for ax, axis in zip(axs.flat, shown, strict=False):
-        for kind, style in (("private", {"fmt": "o", "color": "tab:blue"}),
-                            ("baseline", {"fmt": "s", "color": "gray", "mfc": "none"})):
-            if kind == "baseline" and axis in private_axes:
-                continue
-            members = [r for r in ok if r["kind"] == kind and not (kind == "private" and r["not_private"])]
-            if axis in random_numeric:
-                xs = [r["params"].get(axis) for r in members]
-                ax.plot(xs, [r["final_accuracy"] for r in members], style["fmt"], color=style["color"],
-                        mfc=style.get("mfc", style["color"]), label=kind, alpha=0.8)
-                continue
-            values = sorted({json.dumps(r["params"].get(axis), default=str) for r in members},
-                            key=lambda v: _sort_key(json.loads(v)))
-            xs, ys, sds = [], [], []
-            for v in values:
-                m, sd = _mean_sd([r["final_accuracy"] for r in members
-                                  if json.dumps(r["params"].get(axis), default=str) == v])
-                xs.append(fmt_value(json.loads(v)))
-                ys.append(m)
-                sds.append(sd or 0)
-            if xs:
-                ax.errorbar(xs, ys, yerr=sds, capsize=3, label=kind, **style)
-        ax.set_title(axis, fontsize=9)
-        ax.set_ylabel("final accuracy", fontsize=8)
-        ax.tick_params(axis="x", labelsize=7, rotation=20)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    for ax in list(axs.flat)[len(shown):]:
-        ax.set_visible(False)
-    fig.suptitle("Effect of each swept parameter (mean ± sd)", fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -371,10 +117,8 @@ code{background:#f4f4f4}"""
 def write_report(out: Path, spec: SweepSpec | None, rows: Sequence[Mapping[str, Any]],
                  tuning: Tuning | None) -> list[Path]:
     """report.md (plots as files under plots/) and report.html (the same, plots embedded)."""
-    from dpfl.simulations.sweeps.sweep import _axes
-
-    axes = _axes(spec) if spec is not None else []
-    priv_axes = privacy_axes(spec, rows)
+    axes = spec_axes(spec) if spec is not None else []
+    priv_axes = privacy_axes(spec)
     groups = group_rows(rows, priv_axes)
     rules = spec.random.params.items() if spec and spec.random else []
     random_numeric = {k for k, r in rules if "low" in r}
