@@ -64,8 +64,9 @@ def centralised(cfg: dict[str, Any]) -> dict[str, Any]:
     """DP-SGD on the pooled data at the federated run's effective noise (see module docstring)."""
     import torch
 
-    from dpfl.client.app import noise_multiplier_for, train_settings
+    from dpfl.client.app import noise_multiplier_for
     from dpfl.client.randomness import dp_generators
+    from dpfl.client.settings import ClientSettings
     from dpfl.client.training import train_locally
     from dpfl.models import build_model
     from dpfl.models.evaluation import evaluate_model
@@ -78,14 +79,14 @@ def centralised(cfg: dict[str, Any]) -> dict[str, Any]:
     if max(sizes) - min(sizes) > 1:
         raise SystemExit("the centralised ceiling needs equal client sizes (an IID partition)")
     n, batch = min(sizes), int(cfg["batch-size"])  # IID sizes differ by at most one record
-    sigma = noise_multiplier_for(cfg, n, DELTA)
+    sigma = noise_multiplier_for(ClientSettings.from_config(cfg), n, DELTA)
     rounds, epochs = int(cfg["num-server-rounds"]), int(cfg["local-epochs"])
     q, steps_fed = steps_per_round(n, batch, epochs)
     parts = [load_client_data(cfg, pid) for pid in range(k)]
     x = torch.cat([p.train_x for p in parts])
     y = torch.cat([p.train_y for p in parts])
     central_cfg = {**cfg, "batch-size": k * batch, "local-epochs": rounds * epochs}
-    settings = train_settings(central_cfg, sigma * math.sqrt(k))
+    settings = ClientSettings.from_config(central_cfg).train_settings(sigma * math.sqrt(k))
     q_c, steps_c = steps_per_round(int(y.shape[0]), settings.batch_size, settings.local_epochs)
     torch.manual_seed(int(cfg["seed"]))
     test_x, test_y, shape, classes = load_test_set(cfg)

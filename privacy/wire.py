@@ -1,22 +1,117 @@
-"""The words client and server use for releases in Flower messages.
+"""The words client and server use in Flower messages, and releases to and from a message, validated.
 
 Both sides import these names from here (neither imports the other), so a renamed key cannot
-silently split the server's record of a release from the client's.
+silently split the server's record of a release from the client's. Whatever arrives is checked here
+before it becomes a ``Release``: a wrong release would be a wrong epsilon.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dpfl.privacy.releases import DpSgdRelease
 
 # Error codes carried by Flower ``Error`` replies (``Message(Error(code, reason), reply_to=...)``).
 BUDGET_EXHAUSTED = 4001  # the client declined: this round's release would exceed its budget
 LEDGER_CONFLICT = 4002  # the client's ledger copies disagree; it refuses to train
 CLIENT_FAILED = 4003  # training raised; nothing was released
 
-# Record keys in a train reply.
+# Record names in a train instruction and a train reply.
 ARRAYS = "arrays"
+CONFIG = "config"  # ConfigRecord of the train instruction
 METRICS = "metrics"
-RELEASE = "release"  # ConfigRecord: client-id, mechanism, and the release parameters
+RELEASE = "release"  # ConfigRecord of a reply: client-id and mechanism
 
-# Keys in the train instruction's ConfigRecord ("config").
+# Keys in the train instruction's ConfigRecord.
 CFG_ROUND = "server-round"
 CFG_DELTA = "delta"
 CFG_RUN_PATH = "run-path"
+
+# Keys in a train reply's MetricRecord (the release parameters are public: they describe the mechanism).
+NUM_EXAMPLES = "num-examples"  # the aggregation weight (Flower's FedAvg reads this key)
+EPSILON = "epsilon"
+NOISE_MULTIPLIER = "noise-multiplier"
+SAMPLE_RATE = "sample-rate"
+STEPS = "steps"
+PARTITION_ID = "partition-id"
+# Keys in a train reply's release ConfigRecord.
+CLIENT_ID = "client-id"
+MECHANISM = "mechanism"
+NO_MECHANISM = "none"  # dp=false: the reply carries no DP release
+
+
+class WireError(ValueError):
+    """A message field is missing or not what the protocol allows; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TrainInstruction:
+    server_round: int
+    delta: float
+    run_path: str
+
+
+def _number(values: Mapping[str, Any], key: str, where: str) -> float:
+    if key not in values:
+        raise WireError(f"{where}: {key!r} is missing")
+    value = values[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise WireError(f"{where}: {key}={value!r} is not valid: expected a finite number")
+    return float(value)
+
+
+def _integer(values: Mapping[str, Any], key: str, where: str, minimum: int) -> int:
+    value = _number(values, key, where)
+    if not value.is_integer() or value < minimum:
+        raise WireError(f"{where}: {key}={values[key]!r} is not valid: expected an integer >= {minimum}")
+    return int(value)
+
+
+def train_config(server_round: int, delta: float, run_path: str) -> dict[str, Any]:
+    """The train instruction's ConfigRecord content."""
+    return {CFG_ROUND: server_round, CFG_DELTA: delta, CFG_RUN_PATH: run_path}
+
+
+def read_train_instruction(config: Mapping[str, Any]) -> TrainInstruction:
+    """Round, delta and run path of a train instruction, checked (0 < delta < 1, round >= 1)."""
+    where = "train instruction"
+    delta = _number(config, CFG_DELTA, where)
+    if not 0 < delta < 1:
+        raise WireError(f"{where}: {CFG_DELTA}={config[CFG_DELTA]!r} is not valid: expected a number in (0, 1)")
+    return TrainInstruction(server_round=_integer(config, CFG_ROUND, where, 1), delta=delta,
+                            run_path=str(config.get(CFG_RUN_PATH, "")))
+
+
+def release_to_wire(client_id: str, release: DpSgdRelease | None) -> tuple[dict[str, float | int], dict[str, str]]:
+    """(metric values, release record values) describing this reply's release (None: dp=false)."""
+    if release is None:
+        return {NOISE_MULTIPLIER: 0.0}, {CLIENT_ID: client_id, MECHANISM: NO_MECHANISM}
+    metrics = {NOISE_MULTIPLIER: release.noise_multiplier, SAMPLE_RATE: release.sample_rate, STEPS: release.steps}
+    return metrics, {CLIENT_ID: client_id, MECHANISM: release.mechanism}
+
+
+def release_from_wire(metrics: Mapping[str, Any], info: Mapping[str, Any],
+                      server_round: int) -> tuple[str, DpSgdRelease | None]:
+    """The (client id, release) a train reply describes, every field checked; WireError names a bad one."""
+    where = "train reply"
+    client_id = info.get(CLIENT_ID)
+    if not isinstance(client_id, str) or not client_id:
+        raise WireError(f"{where}: {CLIENT_ID}={client_id!r} is not valid: expected a non-empty string")
+    mechanism = info.get(MECHANISM)
+    if mechanism == NO_MECHANISM:
+        return client_id, None
+    if mechanism != DpSgdRelease.MECHANISM:
+        raise WireError(f"{where}: {MECHANISM}={mechanism!r} is not valid: expected "
+                        f"{DpSgdRelease.MECHANISM!r} or {NO_MECHANISM!r}")
+    sigma = _number(metrics, NOISE_MULTIPLIER, where)
+    if sigma <= 0:
+        raise WireError(f"{where}: {NOISE_MULTIPLIER}={sigma!r} is not valid: expected a number > 0")
+    q = _number(metrics, SAMPLE_RATE, where)
+    if not 0 < q <= 1:
+        raise WireError(f"{where}: {SAMPLE_RATE}={q!r} is not valid: expected a number in (0, 1]")
+    steps = _integer(metrics, STEPS, where, 1)
+    return client_id, DpSgdRelease(noise_multiplier=sigma, sample_rate=q, steps=steps, round=server_round)

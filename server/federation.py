@@ -89,7 +89,7 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
     try:
         for server_round in range(start_round, total + 1):
             t0 = time.perf_counter()
-            train_cfg = ConfigRecord({wire.CFG_DELTA: delta, wire.CFG_RUN_PATH: str(rundir.path)})
+            train_cfg = ConfigRecord(wire.train_config(server_round, delta, str(rundir.path)))
             messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
             if not messages:
                 break

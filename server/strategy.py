@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from dpfl.privacy import DpSgdRelease, wire
+from dpfl.privacy import wire
 from dpfl.server.averaging import ServerOptimizer
 from dpfl.server.roster import Roster
 
@@ -33,8 +33,8 @@ class DpFedAvg(FedAvg):
                  fraction_evaluate: float, server_optimizer: ServerOptimizer, seed: int) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=max(fraction_evaluate, 1e-9),
                          min_train_nodes=min_train_clients, min_evaluate_nodes=0 if fraction_evaluate == 0 else 1,
-                         min_available_nodes=min_train_clients, weighted_by_key="num-examples",
-                         arrayrecord_key=wire.ARRAYS, configrecord_key="config")
+                         min_available_nodes=min_train_clients, weighted_by_key=wire.NUM_EXAMPLES,
+                         arrayrecord_key=wire.ARRAYS, configrecord_key=wire.CONFIG)
         self.fraction_evaluate = fraction_evaluate  # 0 (the default) is deliberate: no warning for it
         self.roster = roster
         self.num_clients = num_clients
@@ -65,7 +65,7 @@ class DpFedAvg(FedAvg):
         self._sent_to = set(chosen)
         config[wire.CFG_ROUND] = server_round
         self._sent_arrays = arrays
-        record = RecordDict({wire.ARRAYS: arrays, "config": config})
+        record = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in chosen]
 
     def aggregate_train(self, server_round: int,
@@ -93,14 +93,9 @@ class DpFedAvg(FedAvg):
         if not good:
             return None, None
         for msg in good:
-            metrics = msg.content[wire.METRICS]
-            info = msg.content[wire.RELEASE]
-            release = None
-            if info["mechanism"] == "dp-sgd":
-                release = DpSgdRelease(noise_multiplier=float(metrics["noise-multiplier"]),
-                                       sample_rate=float(metrics["sample-rate"]), steps=int(metrics["steps"]),
-                                       round=server_round)
-            self.roster.record_release(msg.metadata.src_node_id, str(info["client-id"]), release)
+            client_id, release = wire.release_from_wire(msg.content[wire.METRICS], msg.content[wire.RELEASE],
+                                                        server_round)
+            self.roster.record_release(msg.metadata.src_node_id, client_id, release)
         averaged, _ = super().aggregate_train(server_round, good)
         if averaged is None:
             return None, None

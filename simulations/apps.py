@@ -19,6 +19,7 @@ from flwr.app import Context
 from flwr.serverapp import ServerApp
 
 from dpfl.client.app import ClientSetup, build_client_app
+from dpfl.client.settings import ClientSettings
 from dpfl.server.app import ServerSetup, build_server_app
 from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
@@ -52,9 +53,9 @@ def _client_setup(cfg: RunConfig, partition_id: int, client_id: str) -> ClientSe
     values = cfg.as_dict()
     data = load_client_data(values, partition_id)
     _, _, input_shape, num_classes = load_test_set(values)
-    return ClientSetup(config=values, client_id=client_id, partition_id=partition_id, train_x=data.train_x,
-                       train_y=data.train_y, val_x=data.val_x, val_y=data.val_y, input_shape=input_shape,
-                       num_classes=num_classes)
+    return ClientSetup(settings=ClientSettings.from_config(values), client_id=client_id, partition_id=partition_id,
+                       train_x=data.train_x, train_y=data.train_y, val_x=data.val_x, val_y=data.val_y,
+                       input_shape=input_shape, num_classes=num_classes)
 
 
 def preload_data(run_config: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from dpfl.models import build_model
+from dpfl.privacy import wire
 from dpfl.simulations.engines.inprocess import set_task_identity
 
 
@@ -15,8 +16,8 @@ def train_call(cfg: dict[str, Any], run_path: Path, *, partition_id: int = 0) ->
     """A round-1 train message with a fresh model, and the Context of virtual client ``partition_id``."""
     set_task_identity(1, 1)
     model = build_model(str(cfg["model"]), (1, 8, 8), 10)
-    config = ConfigRecord({"server-round": 1, "delta": 1e-5, "run-path": str(run_path)})
-    msg = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
+    config = ConfigRecord(wire.train_config(1, 1e-5, str(run_path)))
+    msg = Message(content=RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.CONFIG: config}),
                   message_type="train", dst_node_id=5)
     ctx = Context(run_id=1, node_id=5, state=RecordDict(), run_config=cfg,
                   node_config={"partition-id": partition_id, "num-partitions": int(cfg["num-clients"])})

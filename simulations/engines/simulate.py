@@ -10,6 +10,7 @@ from pathlib import Path
 from flwr.app import Context, RecordDict
 
 from dpfl.client.app import noise_multiplier_for
+from dpfl.client.settings import ClientSettings
 from dpfl.privacy.rundata import has_metrics
 from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory
@@ -47,9 +48,10 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
     sigmas: dict[str, float] = {}
     if cfg["dp"] and float(cfg["target-epsilon"]) > 0:
         delta = cfg.policy.delta(sum(sizes))
+        client_settings = ClientSettings.from_config(values)
         for k, n in enumerate(sizes):  # the clients' own calibration (cached), so the printed sigma is theirs
             try:
-                sigmas[f"client-{k:03d}"] = noise_multiplier_for(values, n, delta)
+                sigmas[f"client-{k:03d}"] = noise_multiplier_for(client_settings, n, delta)
             except ValueError as exc:
                 raise ConfigError(f"target-epsilon={cfg['target-epsilon']} cannot be reached for client {k} "
                                   f"({n} records): {exc}") from None
