@@ -1,4 +1,7 @@
-"""Accountants: a ledger (a sequence of releases) in, epsilon(delta) or delta(epsilon) out.
+"""Accountants: a ledger (a sequence of releases) in, epsilon(delta) or delta(epsilon) out, by name.
+
+One registry (in the style of Opacus' ``accountants/registry.py``) maps each name to an ``Accountant``
+class; every public function dispatches through it, so a new accountant is one registered class:
 
 - ``pld`` (default): dp-accounting privacy loss distributions, pessimistic (connect-the-dots), so an
   upper bound; the tightest of the three. See ``privacy._pld``.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
@@ -25,36 +29,74 @@ from dpfl.privacy._pld import LRU
 from dpfl.privacy.releases import DpSgdRelease, GaussianRelease, Release
 
 __all__ = [
-    "ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "UnknownAccountantError", "clear_caches", "delta_for_epsilon",
-    "epsilon", "epsilon_all", "epsilon_per_release",
+    "ACCOUNTANTS", "ACCOUNTANT_REGISTRY", "DEFAULT_ACCOUNTANT", "Accountant", "UnknownAccountantError",
+    "check_delta", "clear_caches", "delta_for_epsilon", "epsilon", "epsilon_all", "epsilon_per_release",
+    "get_accountant", "ledger_params", "rdp_cumulative", "register_accountant",
 ]
 
-ACCOUNTANTS: tuple[str, ...] = ("pld", "prv", "rdp")
-DEFAULT_ACCOUNTANT = "pld"
-
 Params = tuple[tuple[float, float, int], ...]  # (noise multiplier, sample rate, steps) per release
+
+
+class Accountant:
+    """One way of turning a ledger's release parameters into epsilon(delta) and delta(epsilon).
+
+    Subclasses set ``name`` and ``description`` (the report's words for it) and implement the three
+    computations on ``Params``; caching, validation and dispatch live in this module's public functions.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    exact_prefixes: ClassVar[bool] = True  # epsilon_per_release equals epsilon of every prefix exactly
+
+    def cache_key(self, params: Params) -> tuple:
+        """The part of a ledger this accountant's answer depends on (so more ledgers share a cache entry)."""
+        return params
+
+    def epsilon(self, key: tuple, delta: float) -> float:
+        raise NotImplementedError
+
+    def epsilon_per_release(self, params: Params, delta: float) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def delta(self, params: Params, eps: float) -> float:
+        raise NotImplementedError
+
+
+ACCOUNTANT_REGISTRY: dict[str, type[Accountant]] = {}
+
+
+def register_accountant(cls: type[Accountant]) -> type[Accountant]:
+    """Class decorator: make ``cls`` available by ``cls.name`` everywhere an accountant is named."""
+    ACCOUNTANT_REGISTRY[cls.name] = cls
+    return cls
+
+
+DEFAULT_ACCOUNTANT = "pld"
 
 
 class UnknownAccountantError(ValueError):
     """An accountant name this package does not know; the message lists the known ones."""
 
     def __init__(self, name: object) -> None:
-        super().__init__(f"accountant {name!r} is not known: expected one of {', '.join(ACCOUNTANTS)}")
+        super().__init__(f"accountant {name!r} is not known: expected one of {', '.join(ACCOUNTANT_REGISTRY)}")
 
 
-# --- validation --------------------------------------------------------------------------------------
-def _check_accountant(accountant: str) -> None:
-    if accountant not in ACCOUNTANTS:
-        raise UnknownAccountantError(accountant)
+def get_accountant(name: str) -> Accountant:
+    """The registered accountant called ``name`` (UnknownAccountantError otherwise)."""
+    cls = ACCOUNTANT_REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise UnknownAccountantError(name)
+    return cls()
 
 
-def _check_delta(delta: float) -> float:
+# --- validation ----------------------------------------------------------------------------------------
+def check_delta(delta: float) -> float:
     if isinstance(delta, bool) or not isinstance(delta, int | float | np.floating) or not (0 < delta < 1):
         raise ValueError(f"delta {delta!r} is not valid: expected a number in (0, 1)")
     return float(delta)
 
 
-def _params(releases: Sequence[Release]) -> Params:
+def ledger_params(releases: Sequence[Release]) -> Params:
     """What the accountants need from a ledger; the mechanism is a Poisson-subsampled Gaussian either way."""
     out = []
     for i, r in enumerate(releases):
@@ -66,7 +108,7 @@ def _params(releases: Sequence[Release]) -> Params:
 
 
 # --- RDP -----------------------------------------------------------------------------------------------
-def _rdp_cumulative(params: Params) -> tuple[np.ndarray, np.ndarray]:
+def rdp_cumulative(params: Params) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative RDP after each release (rows), Opacus' and dp-accounting's: RDP adds up."""
     op = np.empty((len(params), len(_rdp.ORDERS)))
     dp = np.empty_like(op)
@@ -86,126 +128,153 @@ def _rdp_delta(op: np.ndarray, dp: np.ndarray, eps: float) -> float:
     return max(delta_op, float(delta_dp))
 
 
+# --- the registered accountants -----------------------------------------------------------------------------
+@register_accountant
+class PldAccountant(Accountant):
+    name = "pld"
+    description = ("privacy loss distributions (Google dp-accounting, pessimistic discretisation): an upper "
+                   "bound on epsilon, and the tightest sound accountant dpfl offers")
+
+    def cache_key(self, params: Params) -> tuple:
+        return tuple(_pld.runs_of(params))
+
+    def epsilon(self, key: tuple, delta: float) -> float:
+        return _pld.epsilon(key, delta)
+
+    def epsilon_per_release(self, params: Params, delta: float) -> tuple[float, ...]:
+        return tuple(_pld.epsilon_per_release(params, delta))
+
+    def delta(self, params: Params, eps: float) -> float:
+        return min(1.0, _pld.delta(tuple(_pld.runs_of(params)), eps))
+
+
+@register_accountant
+class PrvAccountant(Accountant):
+    name = "prv"
+    description = "privacy random variables (Opacus PRV accountant): the upper end of its error bound"
+    exact_prefixes = False  # prefixes share the whole ledger's discretisation: upper bounds, within 2 eps_error
+
+    def cache_key(self, params: Params) -> tuple:
+        return _prv.merged(params)
+
+    def _eps_error(self, params: Params, delta: float) -> float:
+        op, dp = rdp_cumulative(_prv.merged(params))
+        return _prv.eps_error_for(float(_rdp.epsilon(op[-1:], dp[-1:], delta)[0]))
+
+    def epsilon(self, key: tuple, delta: float) -> float:
+        return _prv.epsilon(key, delta, self._eps_error(key, delta))
+
+    def epsilon_per_release(self, params: Params, delta: float) -> tuple[float, ...]:
+        return tuple(_prv.epsilon_per_release(params, delta, self._eps_error(params, delta)))
+
+    def delta(self, params: Params, eps: float, rel_tol: float = 0.01) -> float:
+        """PRV has no delta(epsilon) bound of its own: bisect on log(delta) for the smallest delta whose
+        epsilon upper bound is <= eps, starting from PLD's (tight) answer. Returns the upper end."""
+
+        def ok(d: float) -> bool:
+            try:
+                return _cached_epsilon(self, params, d) <= eps
+            except ValueError:  # PRV cannot resolve a delta this small: it certifies nothing there
+                return False
+
+        hi = min(0.5, max(2 * PldAccountant().delta(params, eps), 1e-300))
+        while not ok(hi):
+            if hi >= 0.5:
+                return 1.0
+            hi = min(0.5, hi * 8)
+        lo = hi / 8
+        while ok(lo):
+            if lo < 1e-300:
+                return lo
+            hi, lo = lo, lo / 8
+        while hi / lo > 1 + rel_tol:  # invariant: eps(lo) > eps >= eps(hi)
+            mid = math.sqrt(lo * hi)
+            if ok(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+@register_accountant
+class RdpAccountant(Accountant):
+    name = "rdp"
+    description = ("Renyi differential privacy (Opacus and dp-accounting conversions, the larger is "
+                   "reported): a looser but classic upper bound")
+
+    def epsilon(self, key: tuple, delta: float) -> float:
+        op, dp = rdp_cumulative(key)
+        return float(_rdp.epsilon(op[-1:], dp[-1:], delta)[0])
+
+    def epsilon_per_release(self, params: Params, delta: float) -> tuple[float, ...]:
+        op, dp = rdp_cumulative(params)
+        return tuple(float(e) for e in _rdp.epsilon(op, dp, delta))
+
+    def delta(self, params: Params, eps: float) -> float:
+        op, dp = rdp_cumulative(params)
+        return _rdp_delta(op[-1], dp[-1], eps)
+
+
+ACCOUNTANTS: tuple[str, ...] = tuple(ACCOUNTANT_REGISTRY)  # the built-in ones (the run config's choices)
+
+
 # --- caches ----------------------------------------------------------------------------------------------
 _EPSILON = LRU(65536)  # (accountant, canonical ledger key, delta) -> epsilon
 _PER_RELEASE = LRU(4096)  # (accountant, params, delta) -> epsilons after each release
 
 
-def _canonical(params: Params, accountant: str) -> tuple:
-    """The part of a ledger an accountant's answer depends on (so more ledgers share a cache entry)."""
-    if accountant == "pld":
-        return tuple(_pld.runs_of(params))
-    if accountant == "prv":
-        return _prv.merged(params)
-    return params
-
-
-def _prv_eps_error(params: Params, delta: float) -> float:
-    op, dp = _rdp_cumulative(_prv.merged(params))
-    return _prv.eps_error_for(float(_rdp.epsilon(op[-1:], dp[-1:], delta)[0]))
-
-
-def _compute_epsilon(accountant: str, key: tuple, delta: float) -> float:
-    if accountant == "pld":
-        return _pld.epsilon(key, delta)
-    if accountant == "prv":
-        return _prv.epsilon(key, delta, _prv_eps_error(key, delta))
-    op, dp = _rdp_cumulative(key)
-    return float(_rdp.epsilon(op[-1:], dp[-1:], delta)[0])
+def _cached_epsilon(acc: Accountant, params: Params, delta: float) -> float:
+    key = acc.cache_key(params)
+    return _EPSILON.get_or_compute((acc.name, key, delta), lambda: acc.epsilon(key, delta))
 
 
 # --- public API ----------------------------------------------------------------------------------------
 def epsilon(releases: Sequence[Release], delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """Cumulative epsilon of a ledger at delta (an upper bound); 0.0 for an empty ledger."""
-    _check_accountant(accountant)
-    delta = _check_delta(delta)
-    params = _params(releases)
-    if not params:
-        return 0.0
-    key = _canonical(params, accountant)
-    return _EPSILON.get_or_compute((accountant, key, delta), lambda: _compute_epsilon(accountant, key, delta))
+    acc = get_accountant(accountant)
+    delta = check_delta(delta)
+    params = ledger_params(releases)
+    return _cached_epsilon(acc, params, delta) if params else 0.0
 
 
 def epsilon_per_release(releases: Sequence[Release], delta: float,
                         accountant: str = DEFAULT_ACCOUNTANT) -> list[float]:
     """Cumulative epsilon after each release (every prefix of the ledger), composed incrementally.
 
-    ``rdp`` and ``pld`` equal ``epsilon`` of each prefix exactly; ``prv`` uses the whole ledger's
-    discretisation for every prefix, which keeps each value an upper bound and within 2 x eps_error of
-    a fresh computation.
+    Accountants with ``exact_prefixes`` (``rdp``, ``pld``) equal ``epsilon`` of each prefix exactly; ``prv``
+    uses the whole ledger's discretisation for every prefix, which keeps each value an upper bound and
+    within 2 x eps_error of a fresh computation.
     """
-    _check_accountant(accountant)
-    delta = _check_delta(delta)
-    params = _params(releases)
+    acc = get_accountant(accountant)
+    delta = check_delta(delta)
+    params = ledger_params(releases)
     if not params:
         return []
 
     def compute() -> tuple[float, ...]:
-        if accountant == "rdp":
-            op, dp = _rdp_cumulative(params)
-            out = tuple(float(e) for e in _rdp.epsilon(op, dp, delta))
-        elif accountant == "pld":
-            out = tuple(_pld.epsilon_per_release(params, delta))
-        else:
-            return tuple(_prv.epsilon_per_release(params, delta, _prv_eps_error(params, delta)))
-        for n, eps in enumerate(out, start=1):  # every prefix is now known: serve later epsilon() calls
-            _EPSILON.put((accountant, _canonical(params[:n], accountant), delta), eps)
+        out = acc.epsilon_per_release(params, delta)
+        if acc.exact_prefixes:  # every prefix is now known: serve later epsilon() calls
+            for n, eps in enumerate(out, start=1):
+                _EPSILON.put((acc.name, acc.cache_key(params[:n]), delta), eps)
         return out
 
-    return list(_PER_RELEASE.get_or_compute((accountant, params, delta), compute))
+    return list(_PER_RELEASE.get_or_compute((acc.name, params, delta), compute))
 
 
 def epsilon_all(releases: Sequence[Release], delta: float) -> dict[str, float]:
-    """Every accountant's epsilon side by side (for reports: RDP and PRV as cross-checks of PLD)."""
+    """Every built-in accountant's epsilon side by side (for reports: RDP and PRV as cross-checks of PLD)."""
     return {name: epsilon(releases, delta, name) for name in ACCOUNTANTS}
 
 
 def delta_for_epsilon(releases: Sequence[Release], epsilon: float,
                       accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """Smallest delta (an upper bound) for which the ledger is (epsilon, delta)-DP; 0.0 when empty."""
-    _check_accountant(accountant)
+    acc = get_accountant(accountant)
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float | np.floating) \
             or not (math.isfinite(epsilon) and epsilon >= 0):
         raise ValueError(f"epsilon {epsilon!r} is not valid: expected a finite number >= 0")
-    eps = float(epsilon)
-    params = _params(releases)
-    if not params:
-        return 0.0
-    if accountant == "pld":
-        return min(1.0, _pld.delta(tuple(_pld.runs_of(params)), eps))
-    if accountant == "rdp":
-        op, dp = _rdp_cumulative(params)
-        return _rdp_delta(op[-1], dp[-1], eps)
-    return _prv_delta(releases, eps)
-
-
-def _prv_delta(releases: Sequence[Release], eps: float, rel_tol: float = 0.01) -> float:
-    """PRV has no delta(epsilon) bound of its own: bisect on log(delta) for the smallest delta whose
-    epsilon upper bound is <= eps, starting from PLD's (tight) answer. Returns the upper end."""
-
-    def ok(d: float) -> bool:
-        try:
-            return epsilon(releases, d, "prv") <= eps
-        except ValueError:  # PRV cannot resolve a delta this small: it certifies nothing there
-            return False
-
-    hi = min(0.5, max(2 * delta_for_epsilon(releases, eps, "pld"), 1e-300))
-    while not ok(hi):
-        if hi >= 0.5:
-            return 1.0
-        hi = min(0.5, hi * 8)
-    lo = hi / 8
-    while ok(lo):
-        if lo < 1e-300:
-            return lo
-        hi, lo = lo, lo / 8
-    while hi / lo > 1 + rel_tol:  # invariant: eps(lo) > eps >= eps(hi)
-        mid = math.sqrt(lo * hi)
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    params = ledger_params(releases)
+    return acc.delta(params, float(epsilon)) if params else 0.0
 
 
 def clear_caches() -> None:

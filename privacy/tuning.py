@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from dpfl.privacy import _pld, _rdp
-from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT, _check_accountant, _check_delta, _params, _rdp_cumulative
+from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT, check_delta, get_accountant, ledger_params, rdp_cumulative
 from dpfl.privacy.accountants import epsilon as ledger_epsilon
 from dpfl.privacy.releases import Release
 
@@ -51,10 +51,10 @@ def _zeros() -> Rdp:
 
 def ledger_rdp(releases: Sequence[Release]) -> Rdp:
     """RDP of one ledger: the sum of its releases' RDP, each curve as its library computes it."""
-    params = _params(releases)
+    params = ledger_params(releases)
     if not params:
         return _zeros()
-    op, dp = _rdp_cumulative(params)
+    op, dp = rdp_cumulative(params)
     return op[-1], dp[-1]
 
 
@@ -68,7 +68,7 @@ def _max_rdp(curves: Iterable[Rdp]) -> Rdp:
 
 def _distinct(ledgers: Iterable[Sequence[Release]]) -> list[Sequence[Release]]:
     """One ledger per distinct parameter sequence: identical clients cost one computation."""
-    return list({_params(r): r for r in ledgers if r}.values())
+    return list({ledger_params(r): r for r in ledgers if r}.values())
 
 
 def worst_client_rdp(run: RunLedgers) -> Rdp:
@@ -87,7 +87,7 @@ def _sum_worst(runs: Sequence[RunLedgers]) -> Rdp:
 def rdp_epsilon(rdp: Rdp, delta: float) -> float:
     """(epsilon, delta) of an RDP curve pair: the larger of Opacus' and dp-accounting's conversions."""
     op, dp = rdp
-    return float(_rdp.epsilon(np.asarray(op, dtype=float), np.asarray(dp, dtype=float), _check_delta(delta)))
+    return float(_rdp.epsilon(np.asarray(op, dtype=float), np.asarray(dp, dtype=float), check_delta(delta)))
 
 
 # --- grids: composition of every private run ---------------------------------------------------------------
@@ -97,7 +97,7 @@ def composed_epsilon(runs: Sequence[RunLedgers], delta: float,
     ``accountants`` (the runs' own); the largest epsilon over accountants and clients (0.0: no release)."""
     names = sorted(set(accountants)) or [DEFAULT_ACCOUNTANT]
     for name in names:
-        _check_accountant(name)
+        get_accountant(name)
     per_client: dict[str, list[Release]] = {}
     for run in runs:
         for client, releases in run.items():
@@ -144,7 +144,7 @@ def pld_delta_hat(releases: Sequence[Release], eps: np.ndarray) -> np.ndarray:
     """delta of a ledger at many epsilons at once, from the PLD its ``pld`` accountant builds (pessimistic,
     so upper bounds; equal to ``delta_for_epsilon(releases, e, "pld")`` for each e, in one pass)."""
     values = np.asarray(eps, dtype=float)
-    params = _params(releases)
+    params = ledger_params(releases)
     if not params:
         return np.zeros(len(values))
     pld = _pld.ledger_pld(tuple(_pld.runs_of(params)))
@@ -189,7 +189,7 @@ def random_search_epsilon(trials: Sequence[RunLedgers], extra: Sequence[RunLedge
                          f"of {', '.join(DISTRIBUTIONS)} (a fixed number of trials is plain composition)")
     if not (math.isfinite(mean) and mean > 0):
         raise ValueError(f"mean number of trials {mean!r} is not valid: expected a number > 0")
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     ledgers = _distinct(r for run in trials for r in run.values())
     q_op, q_dp = _max_rdp(ledger_rdp(r) for r in ledgers)
     if distribution == "poisson":

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpfl.privacy.accountants import ACCOUNTANTS, epsilon_all, epsilon_per_release
+from dpfl.privacy.accountants import ACCOUNTANT_REGISTRY, epsilon_all, epsilon_per_release
 from dpfl.privacy.ledger import Ledger
 from dpfl.privacy.releases import DpSgdRelease, Release
 from dpfl.privacy.report.jsonsafe import finite
@@ -82,11 +82,12 @@ def recompute(groups: Sequence[DistinctLedger], ledgers: Mapping[str, Ledger]) -
     """Every accountant on every distinct ledger, and each client's comparison with its ledger's values."""
     distinct, clients, mismatches = [], [], []
     for g in groups:
-        values = epsilon_all(g.releases, g.delta) if g.accountant in ACCOUNTANTS else {}
-        if g.accountant not in ACCOUNTANTS:
+        known = ACCOUNTANT_REGISTRY.get(g.accountant)
+        values = epsilon_all(g.releases, g.delta) if known else {}
+        if known is None:
             mismatches.append(f"ledger {g.id}: unknown accountant {g.accountant!r}; nothing re-checked")
         prefixes = (epsilon_per_release(g.releases, g.delta, g.accountant)
-                    if g.accountant in ("pld", "rdp") else None)
+                    if known is not None and known.exact_prefixes else None)
         distinct.append({"id": g.id, "clients": g.clients, "releases": len(g.releases), "delta": g.delta,
                          "accountant": g.accountant, "recomputed": values,
                          "recomputed_per_release": prefixes})

@@ -11,7 +11,7 @@ import statistics
 from datetime import UTC, datetime
 from typing import Any
 
-from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT
+from dpfl.privacy.accountants import ACCOUNTANT_REGISTRY, DEFAULT_ACCOUNTANT
 from dpfl.privacy.policy import effective_budget, is_not_private
 from dpfl.privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
 from dpfl.privacy.report.jsonsafe import finite
@@ -21,13 +21,6 @@ SCHEMA = "dpfl-report/1"
 TABLE_ALL_CLIENTS_MAX = 10  # more clients: the documents show the top 10 by epsilon plus summary rows
 PLOT_ALL_CLIENTS_MAX = 20  # more clients: the epsilon plot shows a min/median/max band
 
-ACCOUNTANT_TEXT = {
-    "pld": "privacy loss distributions (Google dp-accounting, pessimistic discretisation): an upper bound on "
-           "epsilon, and the tightest sound accountant dpfl offers",
-    "prv": "privacy random variables (Opacus PRV accountant): the upper end of its error bound",
-    "rdp": "Renyi differential privacy (Opacus and dp-accounting conversions, the larger is reported): a "
-           "looser but classic upper bound",
-}
 ASSUMPTION = ("The federation's epsilon is the maximum over clients: every record lives at exactly one "
               "client under a fixed partition, each client's releases only touch its own records, and all "
               "clients share one delta, so a record's guarantee is its own client's (epsilon, delta).")
@@ -106,7 +99,8 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
         "delta_source": source,
         "delta_explanation": delta_text,
         "accountant": accountant,
-        "accountant_description": ACCOUNTANT_TEXT.get(accountant, "unknown accountant"),
+        "accountant_description": (ACCOUNTANT_REGISTRY[accountant].description if accountant in ACCOUNTANT_REGISTRY
+                                   else "unknown accountant"),
         "assumption": ASSUMPTION,
         "excludes": excludes,
         "privacy_statement": list(cfg.get("privacy-statement") or (run.summary or {}).get("privacy_statement")

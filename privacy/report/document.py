@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpfl.privacy.accountants import ACCOUNTANTS
 from dpfl.privacy.report.accounting import interval_text
 
 Block = tuple[Any, ...]
@@ -170,10 +171,10 @@ def _accountants(r: dict[str, Any]) -> Section:
         f"computed once; {acc['prefix_check']}."))]
     if acc["mismatches"]:
         blocks.append(("banner", "ACCOUNTING MISMATCH", acc["mismatches"]))
-    headers = ["reported", "pld", "prv", "rdp", "rel. difference", "check"]
+    headers = ["reported", *ACCOUNTANTS, "rel. difference", "check"]
     if len(acc["clients"]) <= MANY_CLIENTS:
         rows = [[c["client"], c["ledger"], str(c["releases"]), f_eps(c["reported"]),
-                 *[f_eps(c["recomputed"].get(a)) for a in ("pld", "prv", "rdp")],
+                 *[f_eps(c["recomputed"].get(a)) for a in ACCOUNTANTS],
                  f_rel(c["relative_difference"]), "OK" if c["ok"] else "MISMATCH"] for c in acc["clients"]]
         blocks.append(("table", ["client", "ledger", "releases", *headers], rows))
     else:
@@ -187,7 +188,7 @@ def _accountants(r: dict[str, Any]) -> Section:
             worst = max((c["relative_difference"] or 0.0 for c in cs), default=None)
             rows.append([d["id"], str(len(cs)), str(d["releases"]),
                          " / ".join(f_eps(v) for v in reported) or DASH,
-                         *[f_eps(d["recomputed"].get(a)) for a in ("pld", "prv", "rdp")], f_rel(worst),
+                         *[f_eps(d["recomputed"].get(a)) for a in ACCOUNTANTS], f_rel(worst),
                          "OK" if all(c["ok"] for c in cs) else "MISMATCH"])
         blocks.append(("table", ["ledger", "clients", "releases", *headers], rows))
     if r["checks"]:

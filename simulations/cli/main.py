@@ -17,7 +17,7 @@ from rich.console import Console
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import sweep as sweep_cli
 from dpfl.simulations.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, console, error, fail, setup_logging
-from dpfl.simulations.config.options import ConfigError, add_config_flags, config_from_args
+from dpfl.simulations.config.options import OPTION_BY_KEY, ConfigError, add_config_flags, config_from_args
 
 
 # --- simulate -----------------------------------------------------------------------------------
@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--noise-multiplier", type=float, required=True)
         else:
             p.add_argument("--target-epsilon", type=float, required=True)
-        p.add_argument("--accountant", choices=("rdp", "prv", "pld", "all"), default="all" if what == "epsilon"
-                       else "pld")
+        p.add_argument("--accountant", choices=(*OPTION_BY_KEY["accountant"].choices, "all"),
+                       default="all" if what == "epsilon" else OPTION_BY_KEY["accountant"].default)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_privacy)
 
