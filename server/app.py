@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import PolicyError
-from dpfl.server.averaging import ServerOptimizer
+from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
@@ -58,7 +58,9 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                     max_participations=policy.participation_cap, budget=policy.budget)
     strategy = DpFedAvg(roster=roster, num_clients=settings.num_clients, fraction_train=settings.fraction_train,
                         min_train_clients=settings.min_train_clients, fraction_evaluate=settings.fraction_evaluate,
-                        server_optimizer=ServerOptimizer(settings.server_learning_rate, settings.server_momentum),
+                        post_processing=PostProcessing(
+                            steps=[ServerOptimizer(settings.server_learning_rate, settings.server_momentum)],
+                            ema=ParameterEma(settings.ema_decay)),
                         seed=settings.seed)
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, s.input_shape, s.num_classes)

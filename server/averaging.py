@@ -1,7 +1,10 @@
-"""What the server does with the averaged client model: a server optimizer step and an EMA of the iterates.
+"""What the server does with the averaged client model: the post-processing seam, its steps and the EMA.
 
-Both act only on the aggregate of already-privatised client updates, so they are post-processing: they
-change accuracy, never epsilon.
+``PostProcessing`` is where server-side steps plug in: an ordered list of ``UpdateStep``s turns the
+average of the clients' models into the next global model, and an EMA turns that into the released one.
+The steps here act only on the aggregate of already-privatised client updates, so they change accuracy,
+never epsilon; a server-side DP mechanism (central noise) is a step too, placed before the optimizer, and
+books its own release.
 
 - ``ServerOptimizer``: FedAvgM (Hsu et al. 2019). With ``delta_t = average_t - x_t`` it keeps
   ``v_t = momentum * v_{t-1} + delta_t`` and sets ``x_{t+1} = x_t + lr * v_t``; momentum 0 and lr 1 is
@@ -17,6 +20,9 @@ Only floating-point arrays are averaged or stepped; integer buffers are taken fr
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,6 +36,12 @@ def _to_record(keys: list[str], arrays: list[np.ndarray]) -> ArrayRecord:
 
 def _floating(a: np.ndarray) -> bool:
     return bool(np.issubdtype(a.dtype, np.floating))
+
+
+class UpdateStep(Protocol):
+    """One step on the aggregate: (the model sent to the clients, the aggregate so far) -> the new aggregate."""
+
+    def __call__(self, sent: ArrayRecord, aggregate: ArrayRecord) -> ArrayRecord: ...
 
 
 class ServerOptimizer:
@@ -58,6 +70,8 @@ class ServerOptimizer:
                    for o, n, v in zip(old, new, self.velocity, strict=True)]
         return _to_record(list(averaged.keys()), stepped)
 
+    __call__ = step  # an UpdateStep
+
 
 class ParameterEma:
     """Exponential moving average of the global model over rounds; decay 0 releases the iterate itself."""
@@ -78,3 +92,25 @@ class ParameterEma:
                             for e, x in zip(self.average, current, strict=True)]
         return _to_record(list(iterate.keys()), [a.astype(x.dtype, copy=False)
                                                  for a, x in zip(self.average, current, strict=True)])
+
+
+@dataclass
+class PostProcessing:
+    """The server's seam after aggregation: ``steps`` in order make the next global model from the average,
+    ``ema`` makes the released model from the global model."""
+
+    steps: Sequence[UpdateStep] = ()
+    ema: ParameterEma = field(default_factory=ParameterEma)
+
+    def next_model(self, sent: ArrayRecord | None, averaged: ArrayRecord) -> ArrayRecord:
+        """The global model clients start from next round (``sent`` None: no previous model to step from)."""
+        if sent is None:
+            return averaged
+        out = averaged
+        for step in self.steps:
+            out = step(sent, out)
+        return out
+
+    def release(self, model: ArrayRecord) -> ArrayRecord:
+        """The model that is evaluated, saved and reported this round."""
+        return self.ema.update(model)

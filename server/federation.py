@@ -17,7 +17,6 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from dpfl.privacy import wire
-from dpfl.server.averaging import ParameterEma
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
@@ -77,7 +76,6 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
     dp = settings.policy.dp
     arrays = initial_arrays  # the training iterate: what clients start from
     released = initial_arrays  # what is evaluated and saved: the iterate, or its EMA over rounds
-    ema = ParameterEma(settings.ema_decay)
     t_run = time.perf_counter()
     history = rundir.read_metrics() if start_round > 1 else []
     if start_round == 1:
@@ -110,7 +108,7 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                 break
             if new_arrays is not None:
                 arrays = new_arrays
-                released = ema.update(arrays)
+                released = strategy.post_processing.release(arrays)
             if settings.fraction_evaluate > 0:
                 _client_side_evaluation(strategy, grid, server_round, released, settings.round_timeout)
             loss, acc = evaluate(released)

@@ -6,7 +6,7 @@ Differences from stock ``FedAvg``, each for a reason:
 - error replies are expected: a budget decline marks the client exhausted, any other error or a
   missing reply is a drop; neither stops the round;
 - the server records every received release in its own ledger before aggregating;
-- a server optimizer (learning rate, momentum: server/averaging.py) steps with the averaged update;
+- the averaged model goes through the post-processing seam (server/averaging.py: server optimizer, EMA);
   the federation's epsilon is a max, not a mean.
 """
 
@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from dpfl.privacy import wire
-from dpfl.server.averaging import ServerOptimizer
+from dpfl.server.averaging import PostProcessing
 from dpfl.server.roster import Roster
 
 log = logging.getLogger("dpfl.server")
@@ -30,7 +30,7 @@ log = logging.getLogger("dpfl.server")
 
 class DpFedAvg(FedAvg):
     def __init__(self, *, roster: Roster, num_clients: int, fraction_train: float, min_train_clients: int,
-                 fraction_evaluate: float, server_optimizer: ServerOptimizer, seed: int) -> None:
+                 fraction_evaluate: float, post_processing: PostProcessing, seed: int) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=max(fraction_evaluate, 1e-9),
                          min_train_nodes=min_train_clients, min_evaluate_nodes=0 if fraction_evaluate == 0 else 1,
                          min_available_nodes=min_train_clients, weighted_by_key=wire.NUM_EXAMPLES,
@@ -38,7 +38,7 @@ class DpFedAvg(FedAvg):
         self.fraction_evaluate = fraction_evaluate  # 0 (the default) is deliberate: no warning for it
         self.roster = roster
         self.num_clients = num_clients
-        self.server_optimizer = server_optimizer
+        self.post_processing = post_processing
         self.rng = random.Random(seed)
         self.stop_reason = ""
         self._sent_arrays: ArrayRecord | None = None
@@ -99,6 +99,6 @@ class DpFedAvg(FedAvg):
         averaged, _ = super().aggregate_train(server_round, good)
         if averaged is None:
             return None, None
-        arrays = averaged if self._sent_arrays is None else self.server_optimizer.step(self._sent_arrays, averaged)
+        arrays = self.post_processing.next_model(self._sent_arrays, averaged)
         metrics = MetricRecord({"participants": len(good), "epsilon-max": self.roster.epsilon_max()})
         return arrays, metrics

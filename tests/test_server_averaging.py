@@ -10,7 +10,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from dpfl.server.averaging import ParameterEma, ServerOptimizer
+from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 
 
 def _record(w: float, steps: int) -> ArrayRecord:
@@ -55,3 +55,23 @@ def test_ema_is_the_exponential_average_of_iterates() -> None:
 def test_ema_off_releases_the_iterate() -> None:
     iterate = _record(2.0, 0)
     assert ParameterEma(0.0).update(iterate) is iterate
+
+
+def test_post_processing_applies_its_steps_in_order_then_the_ema() -> None:
+    """The seam: steps see the sent model and the aggregate so far; the EMA makes the released model."""
+    calls: list[str] = []
+
+    def add_one(sent: ArrayRecord, aggregate: ArrayRecord) -> ArrayRecord:
+        calls.append("add")
+        return _record(_w(aggregate) + 1.0, 0)
+
+    def double(sent: ArrayRecord, aggregate: ArrayRecord) -> ArrayRecord:
+        calls.append("double")
+        return _record(2.0 * _w(aggregate), 0)
+
+    post = PostProcessing(steps=[add_one, double, ServerOptimizer(1.0, 0.0)], ema=ParameterEma(0.5))
+    model = post.next_model(_record(0.0, 0), _record(3.0, 0))
+    assert calls == ["add", "double"] and _w(model) == 8.0
+    assert _w(post.next_model(None, _record(3.0, 0))) == 3.0  # nothing to step from
+    assert _w(post.release(model)) == 8.0  # first EMA value is the model
+    assert _w(post.release(_record(0.0, 1))) == 4.0
