@@ -43,7 +43,7 @@ BASE = {"dataset": "fashion-mnist", "num-clients": 10, "delta": DELTA, "accounta
 
 
 def _recipe(preset: str, overrides: list[str]) -> dict[str, Any]:
-    from dpfl.simulations.config.options import resolve
+    from dpfl.simulations.config import resolve
     from dpfl.simulations.config.presets import preset_values
 
     values: dict[str, Any] = preset_values(preset) if preset else {}
@@ -186,7 +186,7 @@ def main() -> None:
                     if fed["exit_code"] != 0:
                         line += f"  FAILED: {fed['error_tail'][-300:]}"
                     if partition == "iid" and not args.no_centralised:
-                        from dpfl.simulations.config.options import resolve
+                        from dpfl.simulations.config import resolve
 
                         point["centralised"] = centralised(resolve(cfg).as_dict())
                         c = point["centralised"]

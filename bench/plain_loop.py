@@ -93,13 +93,13 @@ def _noop(_: int) -> None:
 
 
 def main() -> None:
-    from dpfl.simulations.config.options import resolve
+    from dpfl.simulations.config import resolve
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--run-config", default="", help='"key=value ..." overrides')
     args = parser.parse_args()
-    from dpfl.simulations.config.options import parse_run_config_string
+    from dpfl.simulations.config import parse_run_config_string
 
     cfg = resolve(parse_run_config_string(args.run_config)).as_dict()
     print(json.dumps(run_plain(cfg, args.workers), indent=2))

@@ -50,7 +50,7 @@ def _dpfl(cfg: dict, engine: str, workdir: Path) -> dict:
 
 def _plain(cfg: dict, workers: int) -> dict:
     code = ("import json,sys; sys.path.insert(0, 'bench'); from plain_loop import run_plain; "
-            "from dpfl.simulations.config.options import resolve; "
+            "from dpfl.simulations.config import resolve; "
             f"print(json.dumps(run_plain(resolve({cfg!r}).as_dict(), {workers})))")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -24,7 +24,7 @@ from dpfl.server.app import ServerSetup, build_server_app
 from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
-from dpfl.simulations.config.options import ConfigError, RunConfig, resolve
+from dpfl.simulations.config import ConfigError, RunConfig, resolve
 from dpfl.simulations.data.clients import declared_sizes, load_client_data, load_test_set
 
 
@@ -72,7 +72,7 @@ def client_setup(context: Context) -> ClientSetup:
     node = dict(context.node_config)
     partition_id = int(node.get("partition-id", 0))
     num_partitions = int(node.get("num-partitions", cfg["num-clients"]))
-    if num_partitions != int(cfg["num-clients"]):
+    if num_partitions != cfg["num-clients"]:
         raise ConfigError(f"node config num-partitions={num_partitions} disagrees with num-clients="
                           f"{cfg['num-clients']}; start the federation with as many clients as num-clients")
     if not 0 <= partition_id < num_partitions:
@@ -87,8 +87,8 @@ def client_setup(context: Context) -> ClientSetup:
 
 
 def default_run_path(cfg: RunConfig) -> Path:
-    name = str(cfg["run-name"]) or time.strftime("%Y%m%d-%H%M%S")
-    return Path(str(cfg["run-dir"])).expanduser().resolve() / name
+    name = cfg["run-name"] or time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg["run-dir"]).expanduser().resolve() / name
 
 
 def server_setup(context: Context, hooks: ServerHooks) -> ServerSetup:

@@ -16,7 +16,7 @@ from dpfl.privacy import (
     get_accountant,
 )
 from dpfl.privacy.accountants import Accountant, RdpAccountant, ledger_params, register_accountant
-from dpfl.simulations.config.options import OPTION_BY_KEY
+from dpfl.simulations.config import OPTION_BY_KEY
 
 LEDGERS = [
     [DpSgdRelease(1.1, 0.02, 50, r) for r in range(1, 4)],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dpfl.privacy import DpSgdRelease, epsilon
-from dpfl.simulations.config.options import resolve
+from dpfl.simulations.config import resolve
 from dpfl.simulations.engines.simulate import simulate
 
 BASE = {"dataset": "digits", "model": "logreg", "num-clients": 3, "batch-size": 32, "local-epochs": 1, "workers": 1,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpfl.simulations.config.options import DEFAULTS, ConfigError, parse_run_config_string, resolve
+from dpfl.simulations.config import DEFAULTS, ConfigError, parse_run_config_string, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_cli_rejects_bad_value_with_exit_code_2() -> None:
 
 def test_explicit_noise_multiplier_turns_calibration_off() -> None:
     from dpfl.simulations.cli.main import build_parser
-    from dpfl.simulations.config.options import config_from_args
+    from dpfl.simulations.config import config_from_args
 
     assert config_from_args(build_parser().parse_args(["simulate"]))["target-epsilon"] == 3.0
     cfg = config_from_args(build_parser().parse_args(["simulate", "--noise-multiplier", "1.2"]))
@@ -75,7 +75,7 @@ def test_explicit_noise_multiplier_turns_calibration_off() -> None:
 
 def test_cli_config_file_and_flag_precedence(tmp_path: Path) -> None:
     from dpfl.simulations.cli.main import build_parser
-    from dpfl.simulations.config.options import config_from_args
+    from dpfl.simulations.config import config_from_args
 
     toml = tmp_path / "run.toml"
     toml.write_text('num-clients = 4\nbatch-size = 32\n')
@@ -86,7 +86,7 @@ def test_cli_config_file_and_flag_precedence(tmp_path: Path) -> None:
 
 def test_preset_is_a_layer_under_the_users_own_values(tmp_path: Path) -> None:
     from dpfl.simulations.cli.main import build_parser
-    from dpfl.simulations.config.options import config_from_args
+    from dpfl.simulations.config import config_from_args
     from dpfl.simulations.config.presets import PRESETS
 
     name = "fashion-mnist-accurate"

@@ -28,7 +28,7 @@ def digit_labels() -> np.ndarray:
 
 
 def test_defaults_match_the_run_config() -> None:
-    from dpfl.simulations.config.options import OPTIONS
+    from dpfl.simulations.config import OPTIONS
 
     defaults = {o.key: o.default for o in OPTIONS}
     assert {k: defaults[k] for k in CONFIG_DEFAULTS} == CONFIG_DEFAULTS

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dpfl.privacy.rundata import read_summary
-from dpfl.simulations.config.options import resolve
+from dpfl.simulations.config import resolve
 from dpfl.simulations.deploy.certs import CertificateError, certificate_hosts, generate_certificates, load_certificates
 from dpfl.simulations.deploy.flower import node_config_string
 from dpfl.simulations.deploy.logs import LogPrinter

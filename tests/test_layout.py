@@ -187,7 +187,7 @@ def test_the_installed_distribution_has_one_top_level_name() -> None:
 
 
 USER_SCRIPT = """
-from dpfl.simulations.config.options import resolve
+from dpfl.simulations.config import resolve
 from dpfl.simulations.engines.simulate import simulate
 
 import client, models, privacy, server  # the user's own modules, found first on sys.path

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dpfl.privacy.rundata import read_summary
-from dpfl.simulations.config.options import resolve
+from dpfl.simulations.config import resolve
 from dpfl.simulations.deploy.flower import repo_root
 from dpfl.simulations.deploy.processes import free_ports, listening_ports, pids_with_marker
 from dpfl.simulations.deploy.supervisor import Supervisor

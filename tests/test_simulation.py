@@ -10,7 +10,7 @@ import pytest
 import torch
 from opacus.accountants.analysis import rdp as opacus_rdp
 
-from dpfl.simulations.config.options import resolve
+from dpfl.simulations.config import resolve
 from dpfl.simulations.engines.simulate import simulate
 
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 3, "num-server-rounds": 2, "batch-size": 32,

@@ -71,7 +71,7 @@ def test_the_clientapps_real_reply_parses_back_to_the_release_its_ledger_recorde
     from client_messages import train_call
 
     from dpfl.simulations.apps import clientapp
-    from dpfl.simulations.config.options import resolve
+    from dpfl.simulations.config import resolve
 
     cfg = resolve({"dataset": "digits", "model": "logreg", "num-clients": 2, "batch-size": 32,
                    "target-epsilon": 0.0, "noise-multiplier": 1.3}).as_dict()

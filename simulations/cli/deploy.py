@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from dpfl.simulations.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, console, error, fail
-from dpfl.simulations.config.options import ConfigError, RunConfig, add_config_flags, config_from_args
+from dpfl.simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args
 
 if TYPE_CHECKING:
     from dpfl.simulations.deploy.logs import LogPrinter
@@ -284,7 +284,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     write_flower_home(home, "dpfl", local, ca_cert=certs.ca_cert if certs else None)
     run_config = write_run_config(home / f"run-config-{run_path.name}.toml", cfg)
     tls = ["--certificates", "<dir with ca.crt>"] if certs else ["--insecure"]
-    n = int(cfg["num-clients"])
+    n = cfg["num-clients"]
     console.print(f"[bold]dpfl server[/] · SuperLink on {args.address} ({'TLS' if certs else 'PLAINTEXT'})")
     if certs is None:
         console.print("[yellow]warning: --insecure: model updates travel in plaintext; use --certificates "
@@ -320,7 +320,7 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
             while superlink.poll() is None:
                 time.sleep(0.5)
             return superlink.poll() or 0
-        n = int(cfg["num-clients"])
+        n = cfg["num-clients"]
         printer.info(f"waiting for {n} SuperNodes (up to {args.startup_timeout:.0f} s)")
         deadline = time.monotonic() + args.startup_timeout
         while len({m.group(1) for x in list(superlink.lines) if (m := ACTIVATED_RE.search(x))}) < n:

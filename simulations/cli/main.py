@@ -17,7 +17,7 @@ from rich.console import Console
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import sweep as sweep_cli
 from dpfl.simulations.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, console, error, fail, setup_logging
-from dpfl.simulations.config.options import OPTION_BY_KEY, ConfigError, add_config_flags, config_from_args
+from dpfl.simulations.config import OPTION_BY_KEY, ConfigError, add_config_flags, config_from_args
 
 
 # --- simulate -----------------------------------------------------------------------------------

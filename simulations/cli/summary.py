@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from dpfl.privacy.rundata import SUMMARY_FILE, read_summary
 from dpfl.simulations.cli.common import console
-from dpfl.simulations.config.options import RunConfig
+from dpfl.simulations.config import RunConfig
 
 if TYPE_CHECKING:
     from dpfl.server.federation import FederationResult

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from dpfl.simulations.cli.common import fail
 from dpfl.simulations.cli.progress import LiveBar
-from dpfl.simulations.config.options import OPTIONS, ConfigError, parse_run_config_string, read_toml
+from dpfl.simulations.config import OPTIONS, ConfigError, parse_run_config_string, read_toml
 
 
 def parse_value(text: str) -> Any:

@@ -1,7 +1,7 @@
-"""The one typed run configuration: every key, its type, default and allowed values.
+"""The run config's schema: every key, its type, default and allowed values, and how a value is coerced.
 
 Keys are Flower's flat kebab-case run-config keys. Defaults here are mirrored into
-``pyproject.toml`` ``[tool.flwr.app.config]`` (``python -m dpfl.simulations.config.options --pyproject``
+``pyproject.toml`` ``[tool.flwr.app.config]`` (``python -m dpfl.simulations.config --pyproject``
 prints the table; a test keeps the two equal) so ``flwr run .`` and ``dpfl simulate`` agree.
 Everything is validated before any work starts; an invalid value names key, value and what
 is allowed.
@@ -9,17 +9,10 @@ is allowed.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from dpfl.privacy.policy import PrivacyPolicy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 Scalar = bool | int | float | str
 
@@ -141,10 +134,10 @@ OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 DEFAULTS: dict[str, Scalar] = {o.key: o.default for o in OPTIONS}
 
 
-def _coerce(option: Option, value: Any) -> Scalar:
+def coerce(option: Option, value: Any) -> Scalar:
     """Turn a CLI/TOML/Flower value into the option's type, or raise ConfigError."""
     kind = option.kind
-    bad = ConfigError(f"{option.key}={value!r} is not valid: expected {_allowed_words(option)}")
+    bad = ConfigError(f"{option.key}={value!r} is not valid: expected {allowed_words(option)}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -182,175 +175,12 @@ def _coerce(option: Option, value: Any) -> Scalar:
     raise bad
 
 
-def _allowed_words(option: Option) -> str:
+def allowed_words(option: Option) -> str:
     if option.choices:
         return "one of " + ", ".join(option.choices)
     if option.allowed:
         return option.allowed
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[option.kind]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """A resolved, validated run configuration (a flat kebab-case mapping underneath)."""
-
-    values: Mapping[str, Scalar] = field(default_factory=lambda: dict(DEFAULTS))
-
-    def __hash__(self) -> int:  # usable as a cache key for per-process data
-        return hash(tuple(sorted(self.values.items())))
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def as_dict(self) -> dict[str, Scalar]:
-        return dict(self.values)
-
-    def replace(self, **changes: Scalar) -> RunConfig:
-        merged = dict(self.values)
-        merged.update({k.replace("_", "-"): v for k, v in changes.items()})
-        return resolve(merged)
-
-    @property
-    def max_participations(self) -> int:
-        return self.policy.participation_cap
-
-    @property
-    def not_private(self) -> bool:
-        """True when the run's outputs carry no DP guarantee (DP off or deterministic noise)."""
-        return self.policy.not_private
-
-    @property
-    def policy(self) -> PrivacyPolicy:
-        """The privacy rules of this run (delta, participation cap, budget, statement): dpfl.privacy.policy."""
-        from dpfl.privacy.policy import PrivacyPolicy  # privacy pulls in dp-accounting: not for `--help`
-
-        return PrivacyPolicy.from_config(self.values)
-
-
-def resolve(*layers: Mapping[str, Any], strict: bool = True) -> RunConfig:
-    """Merge defaults with the given layers (later wins), coerce and validate every key.
-
-    ``strict`` rejects unknown keys (a typo must not silently fall back to a default).
-    """
-    merged: dict[str, Scalar] = dict(DEFAULTS)
-    for layer in layers:
-        for raw_key, value in layer.items():
-            key = str(raw_key).replace("_", "-")
-            option = OPTION_BY_KEY.get(key)
-            if option is None:
-                if strict:
-                    raise ConfigError(f"unknown config key {raw_key!r}; known keys: {', '.join(sorted(DEFAULTS))}")
-                continue
-            merged[key] = _coerce(option, value)
-    for option in OPTIONS:
-        value = merged[option.key]
-        if option.choices and value not in option.choices:
-            raise ConfigError(f"{option.key}={value!r} is not valid: expected {_allowed_words(option)}")
-        if option.check is not None and not option.check(value):
-            raise ConfigError(f"{option.key}={value!r} is not valid: expected {_allowed_words(option)}")
-    _check_combinations(merged)
-    return RunConfig(merged)
-
-
-def _check_combinations(values: Mapping[str, Scalar]) -> None:
-    """Cross-key rules that single-key checks cannot see."""
-    from dpfl.models import MODELS  # models depends on nothing of ours
-
-    if values["model"] not in MODELS:
-        raise ConfigError(f"model={values['model']!r} is not valid: expected one of {', '.join(sorted(MODELS))}")
-    rounds = int(values["num-server-rounds"])
-    if int(values["max-participations"]) > rounds:
-        raise ConfigError(
-            f"max-participations={values['max-participations']} is not valid: expected at most "
-            f"num-server-rounds ({rounds}), or 0 for num-server-rounds"
-        )
-    if int(values["min-train-clients"]) > int(values["num-clients"]):
-        raise ConfigError(
-            f"min-train-clients={values['min-train-clients']} is not valid: expected at most num-clients "
-            f"({values['num-clients']})"
-        )
-    if float(values["fraction-evaluate"]) > 0 and float(values["validation-fraction"]) == 0:
-        raise ConfigError(f"fraction-evaluate={values['fraction-evaluate']} needs a local validation split to "
-                          "evaluate on: set validation-fraction > 0 (e.g. 0.1)")
-    if float(values["epsilon-budget"]) and not values["dp"]:
-        raise ConfigError("epsilon-budget needs dp=true: without DP there is no epsilon to budget")
-
-
-def read_toml(path: str | Path, what: str = "config file", error: type[Exception] = ConfigError) -> dict[str, Any]:
-    """A TOML file as a dict, or ``error`` naming the file and what is wrong with it."""
-    p = Path(path)
-    if not p.is_file():
-        raise error(f"{what} {str(p)!r} does not exist")
-    try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise error(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a run config TOML file: top-level keys or a [tool.flwr.app.config]-style table."""
-    data = read_toml(path)
-    table = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
-    return dict(table) if isinstance(table, dict) else data
-
-
-def parse_run_config_string(text: str) -> dict[str, str]:
-    """Parse Flower's ``--run-config "key=value key2=value2"`` form."""
-    out: dict[str, str] = {}
-    for token in text.split():
-        if "=" not in token:
-            raise ConfigError(f"--run-config entry {token!r} is not valid: expected key=value")
-        key, value = token.split("=", 1)
-        out[key.strip()] = value.strip().strip('"').strip("'")
-    return out
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Every config key becomes a flag of the same name (values are validated later by resolve)."""
-    group = parser.add_argument_group("run configuration (every key of the config is a flag)")
-    for option in OPTIONS:
-        help_text = f"{option.help} (default: {option.default!r})"
-        if option.kind is bool:
-            group.add_argument(f"--{option.key}", dest=option.key, nargs="?", const="true", default=None,
-                               metavar="BOOL", help=help_text)
-            group.add_argument(f"--no-{option.key}", dest=option.key, action="store_const", const="false",
-                               help=argparse.SUPPRESS)
-        else:
-            group.add_argument(f"--{option.key}", dest=option.key, default=None, metavar="VALUE",
-                               help=help_text)
-    from dpfl.simulations.config.presets import PRESETS, preset_help
-
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS), metavar="NAME",
-                        help=f"a named recipe applied before the config file and flags ({preset_help()})")
-    parser.add_argument("--config", dest="config_file", default=None, help="TOML file with run config keys")
-    parser.add_argument("--run-config", dest="run_config_string", default=None,
-                        help='Flower-style overrides: "key=value key2=value2"')
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults < --preset < --config file < --run-config < explicit flags."""
-    from dpfl.simulations.config.presets import preset_values
-
-    preset = preset_values(args.preset) if getattr(args, "preset", None) else {}
-    layers: list[Mapping[str, Any]] = []
-    if getattr(args, "config_file", None):
-        layers.append(load_toml(args.config_file))
-    if getattr(args, "run_config_string", None):
-        layers.append(parse_run_config_string(args.run_config_string))
-    flags = {o.key: getattr(args, o.key) for o in OPTIONS if getattr(args, o.key, None) is not None}
-    layers.append(flags)
-    # the sigma rule reads only what the user gave: a preset's target epsilon must not override their sigma
-    return resolve(preset, *layers, sigma_rule_layer(layers))
-
-
-def sigma_rule_layer(layers: Sequence[Mapping[str, Any]]) -> dict[str, Scalar]:
-    """An explicit noise multiplier without an explicit target epsilon means: no calibration.
-    (The default target is 3; without this rule a given sigma would be silently ignored.)"""
-    given = {str(key).replace("_", "-") for layer in layers for key in layer}
-    return {"target-epsilon": 0.0} if "noise-multiplier" in given and "target-epsilon" not in given else {}
 
 
 def pyproject_table() -> str:
@@ -365,12 +195,5 @@ def markdown_table() -> str:
     rows = ["| key (also a flag) | default | allowed | meaning |", "|---|---|---|---|"]
     for o in OPTIONS:
         default = str(o.default).lower() if isinstance(o.default, bool) else repr(o.default)
-        rows.append(f"| `{o.key}` | `{default}` | {_allowed_words(o)} | {o.help} |")
+        rows.append(f"| `{o.key}` | `{default}` | {allowed_words(o)} | {o.help} |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":  # pragma: no cover - maintenance helper
-    if "--pyproject" in sys.argv:
-        print(pyproject_table())
-    if "--markdown" in sys.argv:
-        print(markdown_table())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import dpfl
-from dpfl.simulations.config.options import ConfigError, RunConfig
+from dpfl.simulations.config import ConfigError, RunConfig
 from dpfl.simulations.deploy.certs import CertPaths
 from dpfl.simulations.deploy.supervisor import LaunchError
 

@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from dpfl.privacy.rundata import read_summary
-from dpfl.simulations.config.options import ConfigError, RunConfig
+from dpfl.simulations.config import ConfigError, RunConfig
 from dpfl.simulations.deploy.certs import CertPaths
 from dpfl.simulations.deploy.flower import (
     absolute_paths,
@@ -126,7 +126,7 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
     t0 = time.monotonic()
     root = repo_root()
     cfg = absolute_paths(cfg, run_path)
-    n = int(cfg["num-clients"])
+    n = cfg["num-clients"]
     log_dir = run_path / "logs"
     printer = LogPrinter(console, verbose=verbose, merged_log=log_dir / "launch.log")
     tmp = Path(tempfile.mkdtemp(prefix="dpfl-launch-"))

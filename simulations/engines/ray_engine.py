@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from dpfl.privacy.rundata import read_summary
-from dpfl.simulations.config.options import RunConfig
+from dpfl.simulations.config import RunConfig
 from dpfl.simulations.deploy.flower import absolute_paths, repo_root, write_run_config
 from dpfl.simulations.deploy.logs import LogPrinter
 from dpfl.simulations.deploy.processes import free_ports, port_listening
@@ -65,7 +65,7 @@ def simulate_on_ray(cfg: RunConfig, run_path: Path, *, console: Console | None =
     code: int | None = None
     try:
         with sigterm_as_exception():
-            proc = sup.start("ray", ray_command(root, run_config, int(cfg["num-clients"]), cpus_per_client),
+            proc = sup.start("ray", ray_command(root, run_config, cfg["num-clients"], cpus_per_client),
                              env=env, cwd=str(root))
             while (code := proc.poll()) is None:
                 time.sleep(0.2)

@@ -15,7 +15,7 @@ from dpfl.privacy.rundata import has_metrics
 from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.simulations import apps
-from dpfl.simulations.config.options import ConfigError, RunConfig
+from dpfl.simulations.config import ConfigError, RunConfig
 from dpfl.simulations.data.clients import declared_sizes, load_test_set
 from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
 
@@ -37,7 +37,7 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
     values = cfg.as_dict()
     _, _, input_shape, num_classes = load_test_set(values)  # raises DataError with a fix
     try:
-        build_model(str(cfg["model"]), input_shape, num_classes)
+        build_model(cfg["model"], input_shape, num_classes)
     except ValueError as exc:
         raise ConfigError(f"model={cfg['model']!r} does not fit dataset={cfg['dataset']!r} "
                           f"(inputs {input_shape}): {exc}") from None
@@ -46,7 +46,7 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
     if too_small:
         raise ConfigError(f"clients {too_small} have no training records; use fewer clients or another partition")
     sigmas: dict[str, float] = {}
-    if cfg["dp"] and float(cfg["target-epsilon"]) > 0:
+    if cfg["dp"] and cfg["target-epsilon"] > 0:
         delta = cfg.policy.delta(sum(sizes))
         client_settings = ClientSettings.from_config(values)
         for k, n in enumerate(sizes):  # the clients' own calibration (cached), so the printed sigma is theirs
@@ -59,9 +59,9 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
 
 
 def worker_count(cfg: RunConfig) -> int:
-    if int(cfg["workers"]) > 0:
-        return int(cfg["workers"])
-    return max(1, min(os.cpu_count() or 1, int(cfg["num-clients"])))
+    if cfg["workers"] > 0:
+        return cfg["workers"]
+    return max(1, min(os.cpu_count() or 1, cfg["num-clients"]))
 
 
 def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path | None = None,
@@ -87,7 +87,7 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
 
     serverapp = apps.make_serverapp(apps.ServerHooks(reporter=reporter, on_finish=on_finish, run_path=path))
     with InProcessGrid(client_app_ref="dpfl.simulations.apps:clientapp", run_config=cfg.as_dict(),
-                       num_nodes=int(cfg["num-clients"]), workers=worker_count(cfg),
+                       num_nodes=cfg["num-clients"], workers=worker_count(cfg),
                        worker_preload_ref="dpfl.simulations.apps:preload_data") as grid:
         grids.append(grid)
         grid.warm_up(wait=False)  # workers import and load data while the server sets up

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dpfl.privacy.rundata import read_summary
-from dpfl.simulations.config.options import resolve
+from dpfl.simulations.config import resolve
 from dpfl.simulations.sweeps.store import (
     ATTEMPTS,
     POINT_FILE,

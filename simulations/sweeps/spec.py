@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dpfl.privacy import tuning
-from dpfl.simulations.config.options import DEFAULTS, OPTION_BY_KEY, ConfigError, read_toml, resolve, sigma_rule_layer
+from dpfl.simulations.config import DEFAULTS, OPTION_BY_KEY, ConfigError, read_toml, resolve, sigma_rule_layer
 
 # Keys that say where a run goes, not what it computes: left out of a point's hash and forced per point.
 LOCATION_KEYS = frozenset({"run-dir", "run-name", "state-dir", "workers", "device"})
