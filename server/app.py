@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import PolicyError
+from dpfl.privacy.rundata import CONFIG_FILE, SUMMARY_FILE
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.roster import Roster
@@ -51,7 +52,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
     except PolicyError as exc:
         raise ServerConfigError(str(exc)) from exc
     rundir = RunDirectory(s.run_path).create()
-    rundir.write_json("config.json", {**settings.run_config, "resolved": {"delta": delta,
+    rundir.write_json(CONFIG_FILE, {**settings.run_config, "resolved": {"delta": delta,
                                                           "max-participations": policy.participation_cap},
                                       "privacy-statement": policy.statement()})
     roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=policy.accountant,
@@ -78,7 +79,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                             reporter=s.reporter)
     rundir.save_model(result.arrays.to_torch_state_dict())
     wall = time.perf_counter() - t_start
-    rundir.write_json("summary.json", {
+    rundir.write_json(SUMMARY_FILE, {
         "rounds_completed": result.rounds_completed, "num_server_rounds": settings.num_rounds,
         "stop_reason": result.stop_reason, "final_accuracy": result.final_accuracy,
         "final_loss": result.final_loss, "epsilon_max": result.epsilon_max, "delta": delta,

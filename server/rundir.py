@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from dpfl.privacy.rundata import LEDGER_DIR, METRICS_FILE, read_metrics
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.ledgers = self.path / "ledgers"
+        self.ledgers = self.path / LEDGER_DIR
         self.checkpoints = self.path / "checkpoints"
 
     def create(self) -> RunDirectory:
@@ -48,14 +50,14 @@ class RunDirectory:
         return target
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as fh:
+        with open(self.path / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
     def read_metrics(self) -> list[dict]:
-        p = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+        """The rows written so far, read by the one run-directory reader (torn lines skipped)."""
+        return read_metrics(self.path)
 
     def save_checkpoint(self, server_round: int, state_dict: Mapping[str, torch.Tensor],
                         server_state: Mapping[str, Any]) -> None:
