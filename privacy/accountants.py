@@ -66,7 +66,14 @@ ACCOUNTANT_REGISTRY: dict[str, type[Accountant]] = {}
 
 
 def register_accountant(cls: type[Accountant]) -> type[Accountant]:
-    """Class decorator: make ``cls`` available by ``cls.name`` everywhere an accountant is named."""
+    """Class decorator: make ``cls`` available by ``cls.name`` everywhere an accountant is named.
+
+    A name already taken by another class is refused: results are cached by name, so a replacement would
+    be served the old class's epsilons.
+    """
+    taken = ACCOUNTANT_REGISTRY.get(cls.name)
+    if taken is not None and taken is not cls:
+        raise ValueError(f"accountant {cls.name!r} is already registered by {taken.__qualname__}")
     ACCOUNTANT_REGISTRY[cls.name] = cls
     return cls
 

@@ -96,8 +96,13 @@ def release_to_wire(client_id: str, release: DpSgdRelease | None) -> tuple[dict[
 
 def release_from_wire(metrics: Mapping[str, Any], info: Mapping[str, Any],
                       server_round: int) -> tuple[str, DpSgdRelease | None]:
-    """The (client id, release) a train reply describes, every field checked; WireError names a bad one."""
+    """The (client id, release) a train reply describes, every field checked; WireError names a bad one.
+
+    ``server_round`` is the server's own round (a reply does not carry one): checked too, since a release
+    dated round 0 or 2.5 would be accounted as a real one.
+    """
     where = "train reply"
+    server_round = _integer({CFG_ROUND: server_round}, CFG_ROUND, where, 1)
     client_id = info.get(CLIENT_ID)
     if not isinstance(client_id, str) or not client_id:
         raise WireError(f"{where}: {CLIENT_ID}={client_id!r} is not valid: expected a non-empty string")

@@ -65,5 +65,7 @@ def test_a_registered_accountant_is_usable_by_epsilon_and_calibration() -> None:
         sigma = calibrate_noise(3.0, 1e-5, 0.02, 50, 3, accountant="double-rdp")
         assert sigma > calibrate_noise(3.0, 1e-5, 0.02, 50, 3, accountant="rdp")
         assert epsilon([DpSgdRelease(sigma, 0.02, 50, r) for r in range(1, 4)], 1e-5, "double-rdp") <= 3.0
+        with pytest.raises(ValueError, match="already registered"):  # its cached epsilons would be served
+            register_accountant(type("Other", (DoubleRdp,), {}))
     finally:
         del ACCOUNTANT_REGISTRY["double-rdp"]

@@ -57,6 +57,13 @@ def test_a_malformed_release_record_is_rejected_by_name(field: str, value: objec
         release_from_wire(metrics, info, server_round=1)
 
 
+@pytest.mark.parametrize("server_round", [0, 2.5, True, math.nan, "1"])
+def test_a_bad_round_is_rejected_by_name(server_round: object) -> None:
+    metrics, info = _reply(DpSgdRelease(1.0, 0.1, 10, 1))
+    with pytest.raises(WireError, match=wire.CFG_ROUND):
+        release_from_wire(metrics, info, server_round=server_round)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("key", "value"), [(wire.CFG_DELTA, 1.0), (wire.CFG_DELTA, 0.0),
                                             (wire.CFG_DELTA, math.nan), (wire.CFG_ROUND, 0),
                                             (wire.CFG_ROUND, 1.5)])
