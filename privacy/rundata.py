@@ -75,14 +75,19 @@ def _read_metrics(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: int(r.get("round", 0)))
 
 
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object file beside or inside a run directory, or None when missing, unreadable or not an object."""
+    return _read_json(Path(path), [], quiet_if_missing=True)
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
     """summary.json (written once, when the ServerApp finished), or None when missing or unreadable."""
-    return _read_json(Path(run_dir) / SUMMARY_FILE, [], quiet_if_missing=True)
+    return read_json_object(Path(run_dir) / SUMMARY_FILE)
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     """config.json (the resolved run config plus ``resolved`` and ``privacy-statement``), or None."""
-    return _read_json(Path(run_dir) / CONFIG_FILE, [], quiet_if_missing=True)
+    return read_json_object(Path(run_dir) / CONFIG_FILE)
 
 
 def read_metrics(run_dir: str | Path, warnings: list[str] | None = None) -> list[dict[str, Any]]:

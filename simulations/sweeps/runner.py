@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dpfl.privacy.rundata import read_json_object
 from dpfl.simulations.sweeps import report as sweep_report
 from dpfl.simulations.sweeps.accounting import Tuning, compute_tuning
 from dpfl.simulations.sweeps.execution import run_local, run_ray
 from dpfl.simulations.sweeps.results import collect_row
 from dpfl.simulations.sweeps.spec import Point, RandomSpec, SweepError, SweepSpec, axes, draw_trial_count, expand
-from dpfl.simulations.sweeps.store import ATTEMPTS, RUNS, TOKEN_FILE, read_json, run_complete, write_json
+from dpfl.simulations.sweeps.store import ATTEMPTS, RUNS, TOKEN_FILE, run_complete, write_json
 
 PLAN_VERSION = 1
 
@@ -63,7 +64,7 @@ def save_plan(out: Path, spec: SweepSpec, points: Sequence[Point], trials: int |
 
 def load_plan(out: Path) -> dict[str, Any] | None:
     """The stored plan, or None when there is none (or one this version does not read)."""
-    data = read_json(_plan_path(out))
+    data = read_json_object(_plan_path(out))
     return data if isinstance(data, dict) and data.get("version") == PLAN_VERSION else None
 
 

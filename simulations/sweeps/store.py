@@ -15,19 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dpfl.privacy.rundata import has_metrics, read_summary
+from dpfl.privacy.rundata import has_metrics, read_json_object, read_summary
 
 RUNS, ATTEMPTS = "runs", "attempts"
 POINT_FILE = "point.json"
 TOKEN_FILE = ".sweep-token"  # a random id: a Ray node that reads the same one shares the sweep directory
-
-
-def read_json(path: Path) -> Any:
-    """A file the sweep wrote (plan.json, point.json), or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -39,8 +31,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def read_point_info(run: Path) -> dict[str, Any]:
     """RUN/point.json: how the sweep ran this point (status, error, wall time, host); {} when absent."""
-    info = read_json(run / POINT_FILE)
-    return info if isinstance(info, dict) else {}
+    return read_json_object(run / POINT_FILE) or {}
 
 
 def run_complete(path: Path) -> bool:
