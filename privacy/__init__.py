@@ -13,9 +13,10 @@ from typing import Any
 
 _EXPORTS = {
     "dpfl.privacy.accountants": (
-        "ACCOUNTANTS", "ACCOUNTANT_REGISTRY", "DEFAULT_ACCOUNTANT", "Accountant", "UnknownAccountantError",
-        "clear_caches", "delta_for_epsilon", "epsilon", "epsilon_all", "epsilon_per_release", "get_accountant",
-        "register_accountant"),
+        "ACCOUNTANTS", "ACCOUNTANT_REGISTRY", "DEFAULT_ACCOUNTANT", "DEFAULT_NEIGHBOURING", "NEIGHBOURING_RELATIONS",
+        "Accountant", "UnknownAccountantError", "UnsupportedRelationError", "accountants_for", "clear_caches",
+        "delta_for_epsilon", "epsilon", "epsilon_all", "epsilon_per_release", "get_accountant",
+        "register_accountant", "replace_one_cross_check"),
     "dpfl.privacy.budget": ("BudgetCheck", "check_budget"),
     "dpfl.privacy.calibration": ("calibrate_noise", "steps_per_round"),
     "dpfl.privacy.ledger": ("Ledger", "LedgerError"),

@@ -15,6 +15,12 @@ the *whole* ledger and multiplies in one release's spectrum at a time. That doma
 and as fine as any prefix needs (its tail bounds and mesh come from the total number of compositions),
 so every prefix's upper bound stays valid; it can differ from a fresh computation of the prefix (on
 the prefix's own, coarser domain) by up to the error bound, 2 x eps_error.
+
+Add/remove adjacency only (``RELATIONS``). Opacus' ``PoissonSubsampledGaussianPRV`` is the privacy random
+variable of Gopi et al.'s Propositions B1/B4: ln of q N(1, sigma^2) + (1 - q) N(0, sigma^2) over
+N(0, sigma^2), the remove-one pair; there is no replace-one variant (mixtures on both sides) and its
+domain comes from add/remove RDP bounds. The ``prv`` accountant therefore refuses replace-one
+(``accountants.UnsupportedRelationError``) rather than report an add/remove number under that name.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from scipy import fft as sp_fft
 
 from dpfl.privacy import _rdp
 
+RELATIONS: tuple[str, ...] = ("add-remove",)  # the neighbouring relations this PRV models
 EPS_ERROR_MAX, EPS_ERROR_MIN, EPS_ERROR_RELATIVE = 0.01, 0.002, 0.005
 
 

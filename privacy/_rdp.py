@@ -13,6 +13,12 @@ with numpy, keeping each library's own variant:
 
 At integer orders the two coincide. ``tests/test_privacy_accountants.py`` checks this port against both
 libraries' own functions order by order.
+
+Add/remove adjacency only (``RELATIONS``): both series are the RDP of q N(1, sigma^2) + (1 - q) N(0, sigma^2)
+against N(0, sigma^2). dp-accounting's ``RdpAccountant`` refuses ``REPLACE_ONE`` for Poisson sampling (it
+has a replace-one bound only for sampling without replacement), and Opacus has none, so the ``rdp``
+accountant refuses replace-one; ``accountants.replace_one_cross_check`` stands in for an independent
+replace-one figure (group privacy of size 2 over add/remove).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import special
 
+RELATIONS: tuple[str, ...] = ("add-remove",)  # the neighbouring relations these series model
 # Dense orders like dp-accounting's defaults: 1.1 .. 10.9 by 0.1, every integer 11 .. 256, then 512, 1024.
 ORDERS: np.ndarray = np.array([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 257)) + [512, 1024],
                               dtype=float)

@@ -7,7 +7,13 @@ import numbers
 from collections.abc import Callable
 from functools import lru_cache
 
-from dpfl.privacy.accountants import DEFAULT_ACCOUNTANT, RdpAccountant, epsilon, get_accountant
+from dpfl.privacy.accountants import (
+    DEFAULT_ACCOUNTANT,
+    DEFAULT_NEIGHBOURING,
+    RdpAccountant,
+    epsilon,
+    get_accountant,
+)
 from dpfl.privacy.releases import DpSgdRelease, validate_release_params
 
 __all__ = ["MAX_SIGMA", "MIN_SIGMA", "calibrate_noise", "steps_per_round"]
@@ -36,21 +42,27 @@ def steps_per_round(declared_records: int, batch_size: int, local_epochs: int) -
 
 
 def _schedule_epsilon(sigma: float, q: float, steps: int, rounds: int, delta: float,
-                      accountant: str) -> float:
-    return epsilon([DpSgdRelease(sigma, q, steps, r) for r in range(1, rounds + 1)], delta, accountant)
+                      accountant: str, neighbouring: str = DEFAULT_NEIGHBOURING) -> float:
+    return epsilon([DpSgdRelease(sigma, q, steps, r) for r in range(1, rounds + 1)], delta, accountant,
+                   neighbouring=neighbouring)
 
 
 @lru_cache(maxsize=1024)
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps_per_round: int,
-                    rounds: int, accountant: str = DEFAULT_ACCOUNTANT, tolerance: float = 0.01) -> float:
+                    rounds: int, accountant: str = DEFAULT_ACCOUNTANT, tolerance: float = 0.01, *,
+                    neighbouring: str = DEFAULT_NEIGHBOURING) -> float:
     """Smallest noise multiplier sigma (to a relative ``tolerance``) whose whole schedule - ``rounds``
-    rounds of ``steps_per_round`` DP-SGD steps at sample rate q - ends at epsilon <= target.
+    rounds of ``steps_per_round`` DP-SGD steps at sample rate q - ends at epsilon <= target under the
+    ``neighbouring`` relation (replace-one: an accountant that supports it, i.e. pld).
 
     The result satisfies epsilon(sigma) <= target < epsilon(sigma * (1 - tolerance)). RDP brackets the
-    answer first (fast, and no tighter than PLD/PRV); the requested accountant then bisects.
-    Raises ValueError for invalid inputs or when sigma would have to exceed MAX_SIGMA.
+    answer first (fast, and no tighter than PLD/PRV); the requested accountant then bisects. Under
+    replace-one, which RDP does not support, the seed is RDP's add/remove sigma for target / 2 (group
+    privacy: a replacement is a removal and an addition), only a starting guess for the bisection.
+    Raises ValueError for invalid inputs or when sigma would have to exceed MAX_SIGMA, and
+    UnsupportedRelationError when ``accountant`` does not support ``neighbouring``.
     """
-    get_accountant(accountant)  # UnknownAccountantError before any work
+    get_accountant(accountant, neighbouring=neighbouring)  # Unknown*/Unsupported*Error before any work
     validate_release_params(1.0, sample_rate, steps_per_round)
     if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, numbers.Real) \
             or not (math.isfinite(target_epsilon) and target_epsilon > 0):
@@ -63,12 +75,15 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
 
     q, steps, d = float(sample_rate), int(steps_per_round), float(delta)
 
-    def eps_with(name: str) -> Callable[[float], float]:
-        return lambda s: _schedule_epsilon(s, q, steps, rounds, d, name)
+    def eps_with(name: str, relation: str = DEFAULT_NEIGHBOURING) -> Callable[[float], float]:
+        return lambda s: _schedule_epsilon(s, q, steps, rounds, d, name, relation)
 
     target = float(target_epsilon)
     # RDP is cheap: its sigma brackets the tight accountants' (within ~15 %), so it seeds their search.
     seed = RdpAccountant.name
+    if neighbouring != DEFAULT_NEIGHBOURING:  # RDP has no replace-one: seed with add/remove at target / 2
+        rdp_sigma = _bisect(eps_with(seed), target / 2, 1.0, 0.02)
+        return _bisect(eps_with(accountant, neighbouring), target, rdp_sigma, tolerance)
     rdp_sigma = _bisect(eps_with(seed), target, 1.0, tolerance if accountant == seed else 0.02)
     if accountant == seed:
         return rdp_sigma
