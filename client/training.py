@@ -3,11 +3,13 @@
 We do not use Opacus' ``make_private``: it sets the sampling rate to ``1 / len(loader)``, draws
 its own batches and owns the accountant. Here the sampling rate ``q = batch / declared records``
 and the number of steps are fixed before training from public quantities, each step draws its
-batch by Poisson sampling at exactly ``q`` from our own generator, and Opacus provides what it
+batch by Poisson sampling at exactly ``q`` from our own random source, and Opacus provides what it
 is best at: per-sample gradients, clipping and noise (``GradSampleModule`` / ghost clipping and
 ``DPOptimizer``). Mode "bk" clips with our book-keeping pass (client.bookkeeping, same result, less work)
 and still takes its noise from Opacus' optimizer. The ledger therefore records exactly the mechanism
-that ran.
+that ran. Sampling and noise come from ``client.randomness.dp_generators``: the AES-CTR CSPRNG
+(client.secure_random) by default, for which the optimizer is Opacus' own with only ``add_noise``
+drawing from the CSPRNG; seeded torch generators in deterministic (NOT PRIVATE) test runs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from dataclasses import dataclass
 
 import torch
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers import DPOptimizer  # noqa: F401  (tests patch training.DPOptimizer.step)
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
 from dpfl.client.bookkeeping import BookKeepingClipper
 from dpfl.client.dp_modes import resolve_auto
+from dpfl.client.randomness import RandomSource, dp_optimizer, uniform
 from dpfl.privacy import steps_per_round
 
 
@@ -53,54 +56,56 @@ def _base_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=settings.learning_rate, momentum=settings.momentum)
 
 
-def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Indices of one Poisson-sampled batch: each record independently with probability q."""
+def poisson_batch(n: int, sample_rate: float, generator: RandomSource) -> torch.Tensor:
+    """Indices of one Poisson-sampled batch: each record independently with probability q.
+
+    ``generator`` is a ``SecureRandom`` (the default, see client.randomness) or a seeded torch generator."""
     if sample_rate >= 1.0:
         return torch.arange(n)
-    return torch.nonzero(torch.rand(n, generator=generator) < sample_rate, as_tuple=False).squeeze(1)
+    return torch.nonzero(uniform(generator, n) < sample_rate, as_tuple=False).squeeze(1)
 
 
 def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
-                  sampling_generator: torch.Generator, noise_generator: torch.Generator,
-                  device: torch.device) -> TrainOutcome:
+                  sampling_generator: RandomSource, noise_generator: RandomSource,
+                  device: torch.device, declared_records: int | None = None) -> TrainOutcome:
     """Run one round of local training in place on ``model`` (which must be a fresh module).
 
     The schedule (q, steps) comes from ``privacy.steps_per_round`` - the same function the
-    server and the accountant use - so what runs is exactly what the ledger says.
+    server and the accountant use - so what runs is exactly what the ledger says. It is computed from
+    ``declared_records`` (the client's public N) when given, else from the true record count; the
+    expected batch size that divides the noised sum is q times that same count. The two sources are
+    what ``client.randomness.dp_generators`` returns (a SecureRandom each, or seeded torch generators).
     """
     settings = resolve_auto(settings, model)
     n = int(y.shape[0])
-    sample_rate, steps = steps_per_round(n, settings.batch_size, settings.local_epochs)
+    schedule_records = n if declared_records is None else int(declared_records)
+    sample_rate, steps = steps_per_round(schedule_records, settings.batch_size, settings.local_epochs)
     model.to(device)
     model.train()
     criterion = nn.CrossEntropyLoss(reduction="mean")
-    expected_batch = sample_rate * n
+    expected_batch = sample_rate * schedule_records
+    dp_kwargs = {"noise_multiplier": settings.noise_multiplier, "max_grad_norm": settings.max_grad_norm,
+                 "expected_batch_size": expected_batch, "loss_reduction": "mean", "noise_source": noise_generator}
 
     clipper: BookKeepingClipper | None = None
     if settings.dp and settings.grad_sample_mode == "bk":
         clipper = BookKeepingClipper(model, settings.max_grad_norm)
         module = model
-        optimizer = DPOptimizerFastGradientClipping(
-            _base_optimizer(model.parameters(), settings), noise_multiplier=settings.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm, expected_batch_size=expected_batch, loss_reduction="mean",
-            generator=noise_generator)
+        optimizer = dp_optimizer(_base_optimizer(model.parameters(), settings), fast_gradient_clipping=True,
+                                 **dp_kwargs)
         loss_fn = criterion
     elif settings.dp and settings.grad_sample_mode == "ghost":
         module = GradSampleModuleFastGradientClipping(model, loss_reduction="mean",
                                                       max_grad_norm=settings.max_grad_norm,
                                                       use_ghost_clipping=True)
-        optimizer = DPOptimizerFastGradientClipping(
-            _base_optimizer(module.parameters(), settings), noise_multiplier=settings.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm, expected_batch_size=expected_batch, loss_reduction="mean",
-            generator=noise_generator)
+        optimizer = dp_optimizer(_base_optimizer(module.parameters(), settings), fast_gradient_clipping=True,
+                                 **dp_kwargs)
         loss_fn = DPLossFastGradientClipping(module, optimizer, criterion, loss_reduction="mean")
     elif settings.dp:
         module = GradSampleModule(model, loss_reduction="mean",
                                   force_functorch=settings.grad_sample_mode == "functorch")
-        optimizer = DPOptimizer(
-            _base_optimizer(module.parameters(), settings), noise_multiplier=settings.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm, expected_batch_size=expected_batch, loss_reduction="mean",
-            generator=noise_generator)
+        optimizer = dp_optimizer(_base_optimizer(module.parameters(), settings), fast_gradient_clipping=False,
+                                 **dp_kwargs)
         loss_fn = criterion
     else:
         module = model
