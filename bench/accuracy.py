@@ -64,18 +64,18 @@ def centralised(cfg: dict[str, Any]) -> dict[str, Any]:
     """DP-SGD on the pooled data at the federated run's effective noise (see module docstring)."""
     import torch
 
-    from dpfl.client.app import noise_multiplier_for
     from dpfl.client.randomness import dp_generators
     from dpfl.client.settings import ClientSettings
+    from dpfl.client.terms import noise_multiplier_for
     from dpfl.client.training import train_locally
     from dpfl.models import build_model
     from dpfl.models.evaluation import evaluate_model
     from dpfl.privacy import DpSgdRelease, epsilon, steps_per_round
-    from dpfl.simulations.data.clients import declared_sizes, load_client_data, load_test_set
+    from dpfl.simulations.data.clients import load_client_data, load_test_set, true_sizes
 
     t0 = time.perf_counter()
     k = int(cfg["num-clients"])
-    sizes = declared_sizes(cfg)
+    sizes = true_sizes(cfg)
     if max(sizes) - min(sizes) > 1:
         raise SystemExit("the centralised ceiling needs equal client sizes (an IID partition)")
     n, batch = min(sizes), int(cfg["batch-size"])  # IID sizes differ by at most one record

@@ -1,11 +1,12 @@
-"""The ClientApp: train with DP-SGD, pay into the ledger before replying, reply with DP data only.
+"""The ClientApp: agree its terms, train with DP-SGD, pay into the ledger before replying, reply with DP data only.
 
-What leaves a client by default: the noised update (covered by the ledger), the cumulative
-epsilon and the release parameters (public: they describe the mechanism), and an aggregation
-weight that is public by declaration (the declared dataset size, which the published sampling
-rate ``q = batch / declared`` reveals anyway, or 1 for uniform weights). Losses and accuracies
-on private data are sent only when ``private-metrics`` is on, and the run then says its
-guarantee excludes them.
+Before its first round the server asks each client for its terms (a Flower query): the client computes its
+own sigma, checks the proposal against its owner's privacy policy (client.terms) and answers with the
+release one round makes and how many rounds it will take part in, or declines. Every train instruction is
+checked again. What leaves a client by default: the noised update (covered by the ledger), the release
+parameters (public: they describe the mechanism), and the aggregation weight, the public declared record
+count N (or 1 for uniform weights). Losses and accuracies on private data are sent only when
+``private-metrics`` is on and the owner's policy allows it, and the run then says its guarantee excludes them.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from flwr.clientapp import ClientApp
 from dpfl.client.ledger_store import LedgerConflictError, ledger_path, load_ledger, remember
 from dpfl.client.randomness import dp_generators, pick_device
 from dpfl.client.settings import ClientSettings
+from dpfl.client.terms import Declined, budget_verdict, max_rounds, plan_round, prior_epsilon, prior_runs
 from dpfl.client.training import train_locally
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
-from dpfl.privacy import DpSgdRelease, calibrate_noise, check_budget, epsilon, steps_per_round, wire
+from dpfl.privacy import DpSgdRelease, Ledger, epsilon, wire
+from dpfl.privacy.owner_policy import OwnerPolicy
+from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 
 log = logging.getLogger("dpfl.client")
 
@@ -43,86 +47,113 @@ class ClientSetup:
     val_y: torch.Tensor
     input_shape: tuple[int, ...]
     num_classes: int
+    declared_records: int  # the public N: sampling rate, steps and FedAvg weight come from it
+    owner_policy: OwnerPolicy | None = None  # the data owner's own limits, from the node's own config
 
 
 SetupFn = Callable[[Context], ClientSetup]
 
 
-def noise_multiplier_for(settings: ClientSettings, declared: int, delta: float) -> float:
-    """sigma for this client: the configured one, or calibrated so that the client ends at
-    target-epsilon after the most rounds it may take part in (no amplification from being
-    sampled as a client: the server knows who took part)."""
-    policy = settings.policy
-    if policy.target_epsilon <= 0:
-        return settings.noise_multiplier
-    q, steps = steps_per_round(declared, settings.batch_size, settings.local_epochs)
-    return calibrate_noise(policy.target_epsilon, delta, q, steps, policy.participation_cap,
-                           accountant=policy.accountant)
+def _ledger_file(s: ClientSetup, run_path: str) -> Path | None:
+    """The owner's ledger of these records (across runs) under a policy; else this run's state directory."""
+    if s.owner_policy is not None:
+        return s.owner_policy.ledger_path()
+    state_dir = s.settings.state_dir or (str(Path(run_path) / "client-state") if run_path else "")
+    return ledger_path(state_dir, s.client_id)
 
 
-def _state_dir(settings: ClientSettings, run_path: str) -> str:
-    if settings.state_dir:
-        return settings.state_dir
-    return str(Path(run_path) / "client-state") if run_path else ""
+def _open_ledger(s: ClientSetup, context: Context, run_path: str) -> Ledger:
+    try:
+        return load_ledger(context, _ledger_file(s, run_path))
+    except LedgerConflictError as exc:
+        raise Declined(wire.LEDGER_CONFLICT, f"{s.client_id}: {exc}") from None
+
+
+def _entry_fields(s: ClientSetup, run_path: str) -> dict[str, object]:
+    """What every ledger line of this client says besides the release: who, which run, which relation."""
+    fields: dict[str, object] = {"client": s.client_id, "run": run_path, "neighbouring": s.settings.neighbouring,
+                                 "declared_records": s.declared_records}
+    if s.owner_policy is not None:
+        fields["data_source"] = s.owner_policy.data_source
+    if s.settings.policy.not_private:
+        fields["privacy"] = NOT_PRIVATE_STAMP
+    return fields
+
+
+def _declined(exc: Declined, msg: Message) -> Message:
+    log.info("%s", exc.reason)
+    return Message(Error(code=exc.code, reason=exc.reason), reply_to=msg)
 
 
 def build_client_app(setup: SetupFn) -> ClientApp:
     app = ClientApp()
 
+    @app.query()
+    def terms(msg: Message, context: Context) -> Message:
+        """Before its first round: what this client will release in this run, or a policy decline."""
+        s = setup(context)
+        request = wire.read_terms_request(msg.content[wire.CONFIG])
+        run_path, delta = request.run_path, request.delta
+        try:
+            ledger = _open_ledger(s, context, run_path)
+            plan = plan_round(s.settings, s.owner_policy, s.declared_records, delta, s.client_id)
+            accountant, relation = s.settings.policy.accountant, s.settings.neighbouring
+            terms = wire.ClientTerms(
+                client_id=s.client_id, release=plan.release, neighbouring=relation,
+                declared_records=s.declared_records,
+                max_rounds=max_rounds(s.settings, s.owner_policy, ledger, run_path, plan.release, delta),
+                prior_epsilon=prior_epsilon(ledger, run_path, delta, accountant, relation),
+                prior_runs=prior_runs(ledger, run_path))
+        except Declined as exc:
+            return _declined(exc, msg)
+        return Message(RecordDict({wire.TERMS: ConfigRecord(wire.terms_to_wire(terms))}), reply_to=msg)
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         s = setup(context)
         cfg = s.settings
-        policy = cfg.policy
         instruction = wire.read_train_instruction(msg.content[wire.CONFIG])
-        server_round, delta = instruction.server_round, instruction.delta
-        path = ledger_path(_state_dir(cfg, instruction.run_path), s.client_id)
+        server_round, delta, run_path = instruction.server_round, instruction.delta, instruction.run_path
         try:
-            ledger = load_ledger(context, path)
-        except LedgerConflictError as exc:
-            return Message(Error(code=wire.LEDGER_CONFLICT, reason=f"{s.client_id}: {exc}"), reply_to=msg)
-
-        declared = int(s.train_y.shape[0])
-        release = None
-        if policy.dp:
-            sigma = noise_multiplier_for(cfg, declared, delta)
-            q, steps = steps_per_round(declared, cfg.batch_size, cfg.local_epochs)
-            release = DpSgdRelease(noise_multiplier=sigma, sample_rate=q, steps=steps, round=server_round)
-            if policy.budget > 0:
-                verdict = check_budget(ledger.releases, release, delta, policy.budget, policy.accountant)
-                if not verdict.allowed:
-                    log.info("%s declines round %d: %s", s.client_id, server_round, verdict.reason)
-                    return Message(Error(code=wire.BUDGET_EXHAUSTED, reason=f"{s.client_id}: {verdict.reason}"),
-                                   reply_to=msg)
-        else:
-            sigma = 0.0
+            ledger = _open_ledger(s, context, run_path)
+            plan = plan_round(cfg, s.owner_policy, s.declared_records, delta, s.client_id)
+            release = None
+            if plan.release is not None:
+                release = DpSgdRelease(plan.noise_multiplier, plan.release.sample_rate, plan.release.steps,
+                                       round=server_round)
+                budget_verdict(cfg, s.owner_policy, ledger, run_path, release, delta, s.client_id)
+        except Declined as exc:
+            return _declined(exc, msg)
 
         device = pick_device(cfg.device)
         model = build_model(cfg.model, s.input_shape, s.num_classes)
         model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
         sampling_gen, noise_gen = dp_generators(
-            deterministic=policy.deterministic_noise, seed=cfg.seed,
+            deterministic=cfg.policy.deterministic_noise, seed=cfg.seed,
             partition_id=s.partition_id, server_round=server_round, device=device)
-        outcome = train_locally(model, s.train_x, s.train_y, cfg.train_settings(sigma),
+        outcome = train_locally(model, s.train_x, s.train_y, cfg.train_settings(plan.noise_multiplier),
+                                declared_records=s.declared_records,
                                 sampling_generator=sampling_gen, noise_generator=noise_gen, device=device)
 
         eps = 0.0
         if release is not None:
-            # Pay before the update leaves: durable on disk first, then mirrored in context.state.
-            eps = epsilon([*ledger.releases, release], delta, policy.accountant)
-            ledger.append(release, delta=delta, accountant=policy.accountant, epsilon=eps, client=s.client_id)
+            # Pay before the update leaves: durable on disk first, then mirrored in context.state. The
+            # ledger may hold earlier runs on these records: epsilon composes over all of them.
+            eps = epsilon([*ledger.releases, release], delta, cfg.policy.accountant, neighbouring=cfg.neighbouring)
+            ledger.append(release, delta=delta, accountant=cfg.policy.accountant, epsilon=eps,
+                          **_entry_fields(s, run_path))
             remember(context, ledger)
 
         release_metrics, release_info = wire.release_to_wire(s.client_id, release)
         metrics: dict[str, float | int] = {
-            wire.NUM_EXAMPLES: declared if cfg.aggregation_weights == "declared" else 1,
+            wire.NUM_EXAMPLES: s.declared_records if cfg.aggregation_weights == "declared" else 1,
             wire.EPSILON: eps,
             wire.SAMPLE_RATE: outcome.sample_rate,
             wire.STEPS: outcome.steps,
             **release_metrics,
             wire.PARTITION_ID: s.partition_id,
         }
-        if policy.private_metrics:
+        if cfg.policy.private_metrics:
             metrics["train-loss"] = outcome.mean_loss
             metrics["train-examples-seen"] = outcome.examples_seen
         model.to("cpu")
@@ -134,6 +165,10 @@ def build_client_app(setup: SetupFn) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         """Client-side evaluation on the local validation split: computed on private data, NOT DP."""
         s = setup(context)
+        if s.owner_policy is not None and not s.owner_policy.allow_private_metrics:
+            return _declined(Declined(wire.POLICY_DECLINED, f"{s.client_id}: declined by its privacy policy: "
+                                      "client-side evaluation sends metrics of private data and "
+                                      f"{s.owner_policy.source} has allow-private-metrics = false"), msg)
         model = build_model(s.settings.model, s.input_shape, s.num_classes)
         model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
         loss, acc = evaluate_model(model, s.val_x, s.val_y, device=pick_device(s.settings.device))

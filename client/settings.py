@@ -1,8 +1,8 @@
 """The client's typed settings, read once from the flat run config at the composition root.
 
 Client code reads ``settings.batch_size`` instead of casting ``cfg["batch-size"]`` at every use, so each
-key is parsed in one place. (Which of these a data owner may set for itself, rather than accept from the
-server's run config, is a policy question for the client-side privacy policy.)
+key is parsed in one place. These come from the server's run config, so a client checks the privacy-relevant
+ones against its owner's own policy (privacy/owner_policy.py, client/terms.py) before it trains.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class ClientSettings:
     seed: int
     aggregation_weights: str  # "declared" | "uniform"
     state_dir: str  # "" : next to the run directory the server names
+    neighbouring: str  # "add-remove" | "replace-one"
     policy: PrivacyPolicy
 
     @classmethod
@@ -41,7 +42,7 @@ class ClientSettings:
                    max_grad_norm=float(cfg["max-grad-norm"]), grad_sample_mode=str(cfg["grad-sample-mode"]),
                    model=str(cfg["model"]), device=str(cfg["device"]), seed=int(cfg["seed"]),
                    aggregation_weights=str(cfg["aggregation-weights"]), state_dir=str(cfg["state-dir"]),
-                   policy=PrivacyPolicy.from_config(cfg))
+                   neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg))
 
 
     def train_settings(self, noise_multiplier: float) -> TrainSettings:

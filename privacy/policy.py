@@ -22,6 +22,15 @@ ASSUMPTION = ("Sample-level DP for each client's records, composed over every ro
               "The federation's epsilon is the maximum over clients because every record lives at exactly one "
               "client under a fixed partition and all clients share one delta.")
 
+RELATION_WORDS = {
+    "add-remove": ("Neighbouring datasets differ by adding or removing one record (add/remove). Each client's "
+                   "sampling rate, steps and aggregation weight come from a public record count N that is fixed "
+                   "independently of its records (declared by its owner, or the nominal share of the dataset), "
+                   "so the true count is not published."),
+    "replace-one": ("Neighbouring datasets differ by replacing one record (replace-one): the true record count of "
+                    "each client is public; epsilon is from replace-one PLD accounting."),
+}
+
 
 class PolicyError(ValueError):
     """The policy cannot be applied with what is known; the message says what to set."""
@@ -68,6 +77,7 @@ class PrivacyPolicy:
     max_participations: int
     num_rounds: int
     accountant: str
+    neighbouring: str = "add-remove"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> PrivacyPolicy:
@@ -76,7 +86,7 @@ class PrivacyPolicy:
                    client_evaluation=float(cfg["fraction-evaluate"]) > 0, delta_setting=float(cfg["delta"]),
                    epsilon_budget=float(cfg["epsilon-budget"]), target_epsilon=float(cfg["target-epsilon"]),
                    max_participations=int(cfg["max-participations"]), num_rounds=int(cfg["num-server-rounds"]),
-                   accountant=str(cfg["accountant"]))
+                   accountant=str(cfg["accountant"]), neighbouring=str(cfg.get("neighbouring", "add-remove")))
 
     @property
     def not_private(self) -> bool:
@@ -109,6 +119,7 @@ class PrivacyPolicy:
                          "who knows the seed can remove it. For tests only.")
         else:
             lines.append(ASSUMPTION)
+            lines.append(RELATION_WORDS.get(self.neighbouring, f"Neighbouring relation: {self.neighbouring}."))
         if self.private_metrics:
             lines.append("private-metrics=true: clients also sent loss/accuracy computed on their private data; "
                          "the guarantee does NOT cover those values.")

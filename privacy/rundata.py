@@ -1,8 +1,10 @@
 """The one reader of a run directory (the contract in docs/architecture.md), trusting none of its files.
 
 Report, CLI, engines, sweeps and benchmarks all read ``config.json``, ``summary.json``, ``metrics.jsonl``
-and the ledgers through here. A report is most needed when a run went wrong, so a missing summary or a
-torn last metrics line becomes a warning instead of an exception.
+and the ledgers through here: the server's (``ledgers/``) and the clients' own (listed in
+``client-ledgers.json``, else ``client-state/``; these may hold earlier runs on the same records). A report
+is most needed when a run went wrong, so a missing summary, a torn last metrics line or an unreadable
+ledger becomes a warning instead of an exception.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 from dpfl.privacy.ledger import Ledger, LedgerError
 
 CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LEDGER_DIR = "config.json", "summary.json", "metrics.jsonl", "ledgers"
+CLIENT_LEDGER_INDEX, CLIENT_STATE_DIR = "client-ledgers.json", "client-state"
+_LEDGER_ERRORS = (LedgerError, ValueError, KeyError, OSError, UnicodeDecodeError)
 
 
 @dataclass
@@ -28,6 +32,8 @@ class RunData:
     summary: dict[str, Any] | None
     ledgers: dict[str, Ledger]
     warnings: list[str] = field(default_factory=list)
+    client_ledgers: dict[str, Ledger] = field(default_factory=dict)  # the clients' own, all their runs
+    client_ledger_paths: dict[str, Path] = field(default_factory=dict)  # where each was looked for
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -100,6 +106,42 @@ def has_metrics(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS_FILE).exists()
 
 
+def _client_ledger_paths(path: Path, warnings: list[str]) -> dict[str, Path]:
+    """{client: its own ledger file}: client-ledgers.json when present (paths relative to the run
+    directory allowed), else every client-state/<client>.jsonl."""
+    index_file = path / CLIENT_LEDGER_INDEX
+    if index_file.exists():
+        index = _read_json(index_file, warnings)
+        if index is not None:
+            out: dict[str, Path] = {}
+            for cid, where in index.items():
+                if isinstance(where, str) and where:
+                    out[str(cid)] = path / where if not Path(where).is_absolute() else Path(where)
+                else:
+                    warnings.append(f"{CLIENT_LEDGER_INDEX}: {cid!r} has no ledger path ({where!r}); "
+                                    "its own ledger is NOT reconciled")
+            return out
+        warnings.append(f"{CLIENT_LEDGER_INDEX} is unusable: looking for the clients' ledgers in "
+                        f"{CLIENT_STATE_DIR}/ instead")
+    state = path / CLIENT_STATE_DIR
+    files = sorted(state.glob("*.jsonl"), key=lambda p: natural_key(p.stem)) if state.is_dir() else []
+    return {f.stem: f for f in files if not f.name.startswith(".")}
+
+
+def _read_client_ledgers(paths: dict[str, Path], warnings: list[str]) -> dict[str, Ledger]:
+    ledgers: dict[str, Ledger] = {}
+    for cid in sorted(paths, key=natural_key):
+        file = paths[cid]
+        try:
+            if not file.is_file():
+                continue  # never written: the client released nothing on these records (yet)
+            ledgers[cid] = Ledger.load(file)
+        except _LEDGER_ERRORS as exc:
+            warnings.append(f"client {cid}'s own ledger {file} could not be read ({exc}); it is NOT reconciled "
+                            "with the server's")
+    return ledgers
+
+
 def load_run(run_dir: str | Path) -> RunData:
     """Read config, metrics, summary and every ledger of a run directory."""
     path = Path(run_dir)
@@ -116,7 +158,9 @@ def load_run(run_dir: str | Path) -> RunData:
     for file in sorted((path / LEDGER_DIR).glob("*.jsonl"), key=lambda p: natural_key(p.stem)):
         try:
             ledgers[file.stem] = Ledger.load(file)
-        except (LedgerError, ValueError, KeyError) as exc:
+        except _LEDGER_ERRORS as exc:
             warnings.append(f"ledger {file.name} could not be read ({exc}); its client is NOT re-checked")
+    client_paths = _client_ledger_paths(path, warnings)
+    client_ledgers = _read_client_ledgers(client_paths, warnings)
     return RunData(path=path, config=config, metrics=metrics, summary=summary, ledgers=ledgers,
-                   warnings=warnings)
+                   warnings=warnings, client_ledgers=client_ledgers, client_ledger_paths=client_paths)

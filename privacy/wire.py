@@ -19,17 +19,30 @@ from dpfl.privacy.releases import DpSgdRelease
 BUDGET_EXHAUSTED = 4001  # the client declined: this round's release would exceed its budget
 LEDGER_CONFLICT = 4002  # the client's ledger copies disagree; it refuses to train
 CLIENT_FAILED = 4003  # training raised; nothing was released
+POLICY_DECLINED = 4004  # the instruction breaks the data owner's own privacy policy; nothing was trained
+DECLINES = (BUDGET_EXHAUSTED, POLICY_DECLINED)  # codes that certify the client did not train
 
 # Record names in a train instruction and a train reply.
 ARRAYS = "arrays"
 CONFIG = "config"  # ConfigRecord of the train instruction
 METRICS = "metrics"
 RELEASE = "release"  # ConfigRecord of a reply: client-id and mechanism
+TERMS = "terms"  # ConfigRecord of a terms reply (the QUERY before a client's first round)
 
 # Keys in the train instruction's ConfigRecord.
 CFG_ROUND = "server-round"
 CFG_DELTA = "delta"
 CFG_RUN_PATH = "run-path"
+CFG_QUERY = "query"
+QUERY_TERMS = "privacy-terms"  # the query asking a client what it will release in this run
+
+# Keys in a terms reply (public: what the client's mechanism will be, and how often it will run).
+DECLARED_RECORDS = "declared-records"
+NEIGHBOURING = "neighbouring"
+MAX_ROUNDS = "max-rounds"
+PRIOR_EPSILON = "prior-epsilon"
+PRIOR_RUNS = "prior-runs"
+NEIGHBOURING_RELATIONS = ("add-remove", "replace-one")
 
 # Keys in a train reply's MetricRecord (the release parameters are public: they describe the mechanism).
 NUM_EXAMPLES = "num-examples"  # the aggregation weight (Flower's FedAvg reads this key)
@@ -84,6 +97,60 @@ def read_train_instruction(config: Mapping[str, Any]) -> TrainInstruction:
         raise WireError(f"{where}: {CFG_DELTA}={config[CFG_DELTA]!r} is not valid: expected a number in (0, 1)")
     return TrainInstruction(server_round=_integer(config, CFG_ROUND, where, 1), delta=delta,
                             run_path=str(config.get(CFG_RUN_PATH, "")))
+
+
+def terms_request(delta: float, run_path: str) -> dict[str, Any]:
+    """The terms query's ConfigRecord content: the federation's delta and the run, before round 1."""
+    return {CFG_QUERY: QUERY_TERMS, CFG_DELTA: delta, CFG_RUN_PATH: run_path}
+
+
+def read_terms_request(config: Mapping[str, Any]) -> TrainInstruction:
+    """A terms query, checked like a train instruction (its round is 0: nothing is trained yet)."""
+    if config.get(CFG_QUERY) != QUERY_TERMS:
+        raise WireError(f"query: {CFG_QUERY}={config.get(CFG_QUERY)!r} is not valid: expected {QUERY_TERMS!r}")
+    return read_train_instruction({**config, CFG_ROUND: 1})
+
+
+@dataclass(frozen=True)
+class ClientTerms:
+    """What a client will release in this run if asked: one round's release, how many rounds at most, under
+    which neighbouring relation and public record count, and what its records already spent before."""
+
+    client_id: str
+    release: DpSgdRelease | None  # None: dp = false (no guarantee)
+    neighbouring: str
+    declared_records: int
+    max_rounds: int
+    prior_epsilon: float
+    prior_runs: tuple[str, ...]
+
+
+def terms_to_wire(terms: ClientTerms) -> dict[str, Any]:
+    metrics, info = release_to_wire(terms.client_id, terms.release)
+    return {**metrics, **info, NEIGHBOURING: terms.neighbouring, DECLARED_RECORDS: terms.declared_records,
+            MAX_ROUNDS: terms.max_rounds, PRIOR_EPSILON: terms.prior_epsilon,
+            PRIOR_RUNS: "\n".join(terms.prior_runs)}
+
+
+def read_terms(values: Mapping[str, Any]) -> ClientTerms:
+    """A terms reply, every field checked (WireError names a bad one)."""
+    where = "terms reply"
+    client_id, release = release_from_wire(values, values, 1)
+    relation = values.get(NEIGHBOURING)
+    if relation not in NEIGHBOURING_RELATIONS:
+        raise WireError(f"{where}: {NEIGHBOURING}={relation!r} is not valid: expected one of "
+                        f"{', '.join(NEIGHBOURING_RELATIONS)}")
+    prior = _number(values, PRIOR_EPSILON, where)
+    if prior < 0:
+        raise WireError(f"{where}: {PRIOR_EPSILON}={prior!r} is not valid: expected a number >= 0")
+    runs = values.get(PRIOR_RUNS, "")
+    if not isinstance(runs, str):
+        raise WireError(f"{where}: {PRIOR_RUNS}={runs!r} is not valid: expected text")
+    return ClientTerms(client_id=client_id, release=None if release is None else DpSgdRelease(
+                           release.noise_multiplier, release.sample_rate, release.steps),
+                       neighbouring=str(relation), declared_records=_integer(values, DECLARED_RECORDS, where, 1),
+                       max_rounds=_integer(values, MAX_ROUNDS, where, 0), prior_epsilon=prior,
+                       prior_runs=tuple(r for r in runs.split("\n") if r))
 
 
 def release_to_wire(client_id: str, release: DpSgdRelease | None) -> tuple[dict[str, float | int], dict[str, str]]:

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import PolicyError
+from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 from dpfl.privacy.rundata import CONFIG_FILE, SUMMARY_FILE
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
@@ -56,7 +57,9 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                                                           "max-participations": policy.participation_cap},
                                       "privacy-statement": policy.statement()})
     roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=policy.accountant,
-                    max_participations=policy.participation_cap, budget=policy.budget)
+                    max_participations=policy.participation_cap, budget=policy.budget,
+                    neighbouring=settings.neighbouring, run=str(rundir.path),
+                    entry_fields={"privacy": NOT_PRIVATE_STAMP} if policy.not_private else {})
     strategy = DpFedAvg(roster=roster, num_clients=settings.num_clients, fraction_train=settings.fraction_train,
                         min_train_clients=settings.min_train_clients, fraction_evaluate=settings.fraction_evaluate,
                         post_processing=PostProcessing(
@@ -73,7 +76,8 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
 
     for line in policy.statement():
         log.info(line)
-    log.info("delta = %.3g for every client; accountant %s", delta, policy.accountant)
+    log.info("delta = %.3g for every client; accountant %s; neighbouring relation %s", delta, policy.accountant,
+             settings.neighbouring)
     result = run_federation(grid=grid, settings=settings, strategy=strategy, roster=roster, evaluate=evaluate,
                             rundir=rundir, initial_arrays=ArrayRecord(model.state_dict()), delta=delta,
                             reporter=s.reporter)
@@ -83,9 +87,11 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         "rounds_completed": result.rounds_completed, "num_server_rounds": settings.num_rounds,
         "stop_reason": result.stop_reason, "final_accuracy": result.final_accuracy,
         "final_loss": result.final_loss, "epsilon_max": result.epsilon_max, "delta": delta,
-        "accountant": policy.accountant, "epsilon_per_client": result.epsilons,
+        "accountant": policy.accountant, "neighbouring": settings.neighbouring,
+        "epsilon_per_client": result.epsilons,
         "clients": roster.state()["clients"], "wall_seconds": wall,
         "not_private": policy.not_private,
+        **({"privacy": NOT_PRIVATE_STAMP} if policy.not_private else {}),
         "privacy_statement": policy.statement(),
     })
     if result.stop_reason:

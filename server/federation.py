@@ -1,4 +1,4 @@
-"""The round loop: sample, train, record releases, aggregate, evaluate, write, repeat.
+"""The round loop: ask new clients their terms, sample, charge, train, aggregate, evaluate, write, repeat.
 
 Our own loop rather than ``FedAvg.start`` because a DP run must be able to stop early and cleanly
 (budgets exhausted, too few clients left), checkpoint every round, and resume.
@@ -17,10 +17,12 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from dpfl.privacy import wire
+from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
 from dpfl.server.strategy import DpFedAvg
+from dpfl.server.terms import ask_terms
 
 log = logging.getLogger("dpfl.server")
 
@@ -47,12 +49,16 @@ class LogReporter:
 
 
 def format_round_line(row: Mapping[str, Any], total: int) -> str:
+    """One readable line per round; a run without a DP guarantee says so first (``"privacy": "NOT PRIVATE"``)."""
     eps = row.get("epsilon_max")
     eps_text = "ε max n/a (no DP)" if eps is None else f"ε max {eps:.3f}"
     extra = ""
     if row.get("events"):
-        extra = " | " + "; ".join(f"{e['client']} {e['event']}" for e in row["events"])
-    return (f"round {row['round']:>3}/{total} | accuracy {row['accuracy']:.4f} | loss {row['loss']:.4f} | "
+        extra = " | " + "; ".join(f"{e.get('client')} {e.get('event')}" for e in row["events"])
+    loss = row.get("loss")
+    stamp = f"{NOT_PRIVATE_STAMP} | " if row.get("privacy") == NOT_PRIVATE_STAMP else ""
+    return (f"{stamp}round {row['round']:>3}/{total} | accuracy {row['accuracy']:.4f} | "
+            f"loss {float('nan') if loss is None else loss:.4f} | "
             f"{eps_text} | {row['participants']} clients | {row['seconds']:.1f} s{extra}")
 
 
@@ -84,9 +90,28 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
     reporter.start(total)
     rounds_done = start_round - 1
     _wait_for_nodes(grid, settings.min_train_clients, settings.round_timeout)
+    run_path = str(rundir.path)
+
+    def terms_of_new_nodes(server_round: int) -> list[dict]:
+        unknown = [n for n in grid.get_node_ids() if not roster.known(n)]
+        return ask_terms(grid, unknown, roster, delta=delta, run_path=run_path, timeout=settings.round_timeout,
+                         server_round=server_round)
+
+    pending_events = terms_of_new_nodes(start_round)
+    declined = [st for st in roster.clients.values() if st.status == "declined (policy)"]
+    accepted = [st for st in roster.clients.values() if st.terms is not None]
+    if len(accepted) < settings.min_train_clients:
+        reasons = "; ".join(st.reason for st in declined[:3]) + (" ..." if len(declined) > 3 else "")
+        strategy.stop_reason = (
+            f"before round {start_round}: {len(accepted)} client(s) accepted this run's privacy terms and "
+            f"{len(declined)} declined (min-train-clients is {settings.min_train_clients}); nothing was trained"
+            + (f". Declines: {reasons}" if declined else ""))
+    last_round = total if len(accepted) >= settings.min_train_clients else start_round - 1  # none runs
     try:
-        for server_round in range(start_round, total + 1):
+        for server_round in range(start_round, last_round + 1):
             t0 = time.perf_counter()
+            if server_round > start_round:
+                pending_events += terms_of_new_nodes(server_round)
             train_cfg = ConfigRecord(wire.train_config(server_round, delta, str(rundir.path)))
             messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
             if not messages:
@@ -95,7 +120,8 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
             replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
             answered = {r.metadata.src_node_id for r in replies} & sent_to
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
-            events = list(strategy.round_events)
+            events = [*pending_events, *strategy.round_events]
+            pending_events = []
             for node in sorted(sent_to - answered):
                 cid = roster.record_drop(node, server_round, f"no reply within {settings.round_timeout} s")
                 events.append({"client": cid, "event": "dropped", "reason": "no reply within the round timeout"})
@@ -119,6 +145,8 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                 "delta": delta, "participants": participants,
                 "seconds": time.perf_counter() - t0, "events": events,
             }
+            if settings.policy.not_private:
+                row["privacy"] = NOT_PRIVATE_STAMP
             if not math.isfinite(loss):
                 row["loss"] = None
             rundir.append_metrics(row)

@@ -1,17 +1,21 @@
-"""The server's own record of every client: releases, participations, status.
+"""The server's own record of every client: its terms, the releases charged to it, participations, status.
 
-The server never relies on the epsilon a client reports: it keeps each client's releases in a
-ledger of its own (under a stable client id from the node config, because Flower's node_id
-changes when a node re-registers) and computes epsilon from it with the same accountant.
+The server never relies on the epsilon a client reports: it keeps each client's releases in a ledger of
+its own (under a stable client id, because Flower's node_id changes when a node re-registers) and computes
+epsilon from it with the same accountant. It charges a client when it sends the instruction, at the
+release the client's terms announced, before any reply: a late or lost reply is still charged, so the
+server's epsilon is never below what the client actually spent in this run.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpfl.privacy import DpSgdRelease, Ledger, check_budget, epsilon, release_from_dict
+from dpfl.privacy.wire import ClientTerms, WireError
 
 log = logging.getLogger("dpfl.server")
 
@@ -20,21 +24,26 @@ log = logging.getLogger("dpfl.server")
 class ClientStatus:
     client_id: str
     participations: int = 0
-    status: str = "active"  # active | exhausted | max-participations | dropped
+    status: str = "active"  # active | exhausted | max-participations | dropped | declined (policy)
     reason: str = ""
     epsilon: float = 0.0
     last_release: DpSgdRelease | None = None
     events: list[dict] = field(default_factory=list)  # declines and drops, with rounds
+    terms: ClientTerms | None = None
 
 
 class Roster:
     def __init__(self, *, ledger_dir: Path | None, delta: float, accountant: str, max_participations: int,
-                 budget: float) -> None:
+                 budget: float, neighbouring: str = "add-remove", run: str = "",
+                 entry_fields: dict[str, object] | None = None) -> None:
         self.ledger_dir = ledger_dir
         self.delta = delta
         self.accountant = accountant
         self.max_participations = max_participations
         self.budget = budget
+        self.neighbouring = neighbouring
+        self.run = run
+        self.entry_fields = dict(entry_fields or {})  # e.g. the NOT PRIVATE stamp, on every ledger line
         self.clients: dict[str, ClientStatus] = {}
         self.ledgers: dict[str, Ledger] = {}
         self.node_to_client: dict[int, str] = {}
@@ -51,41 +60,90 @@ class Roster:
         self.node_to_client[node_id] = client_id
         return self.client(client_id)
 
+    def known(self, node_id: int) -> bool:
+        """Has this node stated its terms (or declined)? Unknown nodes are asked before they may train."""
+        client_id = self.node_to_client.get(node_id)
+        return client_id is not None and (self.clients[client_id].terms is not None
+                                          or self.clients[client_id].status == "declined (policy)")
+
+    # -- terms --------------------------------------------------------------------------------
+    def record_terms(self, node_id: int, terms: ClientTerms) -> ClientStatus:
+        if terms.neighbouring != self.neighbouring:
+            raise WireError(f"terms reply: neighbouring={terms.neighbouring!r} but this run accounts "
+                            f"{self.neighbouring!r}")
+        st = self.bind(node_id, terms.client_id)
+        st.terms = terms
+        if st.status == "declined (policy)":
+            st.status, st.reason = "active", ""
+        return st
+
+    def record_policy_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str) -> str:
+        client_id = client_id or self.node_to_client.get(node_id) or f"node-{node_id}"
+        st = self.bind(node_id, client_id)
+        st.status, st.reason = "declined (policy)", reason
+        st.events.append({"round": server_round, "event": "declined (policy)", "reason": reason})
+        return client_id
+
     # -- eligibility --------------------------------------------------------------------------
     def eligible(self, node_id: int) -> bool:
-        """May this node be sampled? Unknown nodes may: we learn their id from their first reply."""
+        """May this node be sampled? Only once it has stated terms, within them and within the budget."""
         client_id = self.node_to_client.get(node_id)
         if client_id is None:
-            return True
+            return False
         st = self.clients[client_id]
-        if st.status in ("exhausted", "max-participations"):
+        if st.terms is None or st.status in ("exhausted", "max-participations", "declined (policy)"):
             return False
-        if st.participations >= self.max_participations:
-            st.status, st.reason = "max-participations", f"took part in {st.participations} rounds (the maximum)"
+        cap = min(self.max_participations, st.terms.max_rounds)
+        if st.participations >= cap:
+            if cap < self.max_participations:
+                st.status, st.reason = "exhausted", (f"its terms allow {st.terms.max_rounds} round(s) in this run "
+                                                     "(its own budget)")
+            else:
+                st.status, st.reason = "max-participations", f"took part in {st.participations} rounds (the maximum)"
             return False
-        if self.budget > 0 and st.last_release is not None:
-            nxt = DpSgdRelease(st.last_release.noise_multiplier, st.last_release.sample_rate,
-                               st.last_release.steps, round=st.last_release.round + 1)
-            verdict = check_budget(self.ledgers[client_id].releases, nxt, self.delta, self.budget, self.accountant)
+        release = st.terms.release
+        if self.budget > 0 and release is not None:
+            verdict = check_budget(self.ledgers[client_id].releases, release, self.delta, self.budget,
+                                   self.accountant, neighbouring=self.neighbouring)
             if not verdict.allowed:
                 st.status, st.reason = "exhausted", verdict.reason
                 return False
         return True
 
     # -- events -------------------------------------------------------------------------------
-    def record_release(self, node_id: int, client_id: str, release: DpSgdRelease | None) -> float:
-        """Append a release the server received an update for; returns the client's cumulative epsilon."""
-        st = self.bind(node_id, client_id)
+    def charge(self, node_id: int, server_round: int) -> DpSgdRelease | None:
+        """Charge the client on ``node_id`` for this round's release, durably, before the instruction is
+        sent; returns the release charged (None: dp = false, nothing to account)."""
+        client_id = self.node_to_client[node_id]
+        st = self.clients[client_id]
+        assert st.terms is not None, "only clients with terms are sampled"
         st.participations += 1
         if st.status == "dropped":
             st.status = "active"
-        if release is None:  # DP off: nothing to account, and no guarantee
-            return 0.0
+        if st.terms.release is None:
+            return None
+        t = st.terms.release
+        release = DpSgdRelease(t.noise_multiplier, t.sample_rate, t.steps, round=server_round)
         ledger = self.ledgers[client_id]
-        eps = epsilon([*ledger.releases, release], self.delta, self.accountant)
-        ledger.append(release, delta=self.delta, accountant=self.accountant, epsilon=eps, client=client_id)
+        eps = epsilon([*ledger.releases, release], self.delta, self.accountant, neighbouring=self.neighbouring)
+        ledger.append(release, delta=self.delta, accountant=self.accountant, epsilon=eps, client=client_id,
+                      run=self.run, neighbouring=self.neighbouring, declared_records=st.terms.declared_records,
+                      charged="at-send", **self.entry_fields)
         st.epsilon, st.last_release = eps, release
-        return eps
+        return release
+
+    def check_reply(self, node_id: int, client_id: str, release: DpSgdRelease | None) -> None:
+        """A reply must come from the client charged and describe the release charged; WireError if not
+        (the update is then discarded; the charge stands)."""
+        expected = self.node_to_client.get(node_id)
+        if client_id != expected:
+            raise WireError(f"train reply: client-id={client_id!r} but node {node_id} stated terms as {expected!r}")
+        charged = self.clients[client_id].last_release
+        if (release is None) != (charged is None) or (release is not None and charged is not None and not (
+                math.isclose(release.noise_multiplier, charged.noise_multiplier, rel_tol=1e-12)
+                and math.isclose(release.sample_rate, charged.sample_rate, rel_tol=1e-12)
+                and release.steps == charged.steps)):
+            raise WireError(f"train reply: {client_id} describes release {release} but its terms were {charged}")
 
     def record_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str) -> None:
         client_id = client_id or self.node_to_client.get(node_id) or f"node-{node_id}"
@@ -116,7 +174,10 @@ class Roster:
             "clients": {
                 cid: {"participations": st.participations, "status": st.status, "reason": st.reason,
                       "epsilon": st.epsilon, "events": st.events,
-                      "last_release": st.last_release.to_dict() if st.last_release else None}
+                      "last_release": st.last_release.to_dict() if st.last_release else None,
+                      "terms": _terms_state(st.terms),
+                      "prior_epsilon": st.terms.prior_epsilon if st.terms else 0.0,
+                      "prior_runs": list(st.terms.prior_runs) if st.terms else []}
                 for cid, st in self.clients.items()
             },
         }
@@ -128,4 +189,22 @@ class Roster:
             st.participations, st.status, st.reason = d["participations"], d["status"], d["reason"]
             st.epsilon, st.events = d["epsilon"], list(d["events"])
             st.last_release = release_from_dict(d["last_release"]) if d.get("last_release") else None
+            st.terms = _terms_from_state(cid, d.get("terms"))
         self.node_to_client = {int(k): v for k, v in state.get("node_to_client", {}).items()}
+
+
+def _terms_state(terms: ClientTerms | None) -> dict | None:
+    if terms is None:
+        return None
+    return {"release": terms.release.to_dict() if terms.release else None, "neighbouring": terms.neighbouring,
+            "declared_records": terms.declared_records, "max_rounds": terms.max_rounds,
+            "prior_epsilon": terms.prior_epsilon, "prior_runs": list(terms.prior_runs)}
+
+
+def _terms_from_state(client_id: str, d: dict | None) -> ClientTerms | None:
+    if not d:
+        return None
+    release = release_from_dict(d["release"]) if d.get("release") else None
+    return ClientTerms(client_id=client_id, release=release, neighbouring=d["neighbouring"],  # type: ignore[arg-type]
+                       declared_records=int(d["declared_records"]), max_rounds=int(d["max_rounds"]),
+                       prior_epsilon=float(d["prior_epsilon"]), prior_runs=tuple(d["prior_runs"]))

@@ -26,6 +26,7 @@ class ServerSettings:
     round_timeout: float
     model: str
     seed: int
+    neighbouring: str  # "add-remove" | "replace-one"
     policy: PrivacyPolicy
     run_config: Mapping[str, Any]  # the flat run config as given, written to config.json
 
@@ -38,4 +39,4 @@ class ServerSettings:
                    server_learning_rate=float(cfg["server-learning-rate"]),
                    server_momentum=float(cfg["server-momentum"]), ema_decay=float(cfg["ema-decay"]),
                    round_timeout=float(cfg["round-timeout"]), model=str(cfg["model"]), seed=int(cfg["seed"]),
-                   policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg))
+                   neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg))

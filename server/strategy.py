@@ -3,9 +3,10 @@
 Differences from stock ``FedAvg``, each for a reason:
 - sampling draws only from clients that may still train (budget, participation cap), from a
   seeded RNG, and never waits in a loop for nodes that are gone (stock ``sample_nodes`` does);
-- error replies are expected: a budget decline marks the client exhausted, any other error or a
-  missing reply is a drop; neither stops the round;
-- the server records every received release in its own ledger before aggregating;
+- error replies are expected: a budget decline marks the client exhausted, a policy decline excludes it,
+  any other error, a malformed reply or a missing reply is a drop; none stops the round;
+- the server charges each sampled client in its own ledger before the instruction is sent, at the release
+  the client's terms announced (server/terms.py), and discards a reply that describes another release;
 - the averaged model goes through the post-processing seam (server/averaging.py: server optimizer, EMA);
   the federation's epsilon is a max, not a mean.
 """
@@ -63,6 +64,8 @@ class DpFedAvg(FedAvg):
             return []
         chosen = self.rng.sample(eligible, min(self.sample_size(), len(eligible)))
         self._sent_to = set(chosen)
+        for node in chosen:  # charged before the instruction leaves: a lost or late reply is still paid for
+            self.roster.charge(node, server_round)
         config[wire.CFG_ROUND] = server_round
         self._sent_arrays = arrays
         record = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config})
@@ -81,21 +84,30 @@ class DpFedAvg(FedAvg):
                 continue
             if msg.has_error():
                 reason = msg.error.reason or f"error code {msg.error.code}"
+                client_id = reason.split(":", 1)[0] if ":" in reason else None
                 if msg.error.code == wire.BUDGET_EXHAUSTED:
-                    client_id = reason.split(":", 1)[0] if ":" in reason else None
                     self.roster.record_decline(node, client_id, server_round, reason)
                     self.round_events.append({"client": client_id, "event": "declined", "reason": reason})
+                elif msg.error.code == wire.POLICY_DECLINED:
+                    client_id = self.roster.record_policy_decline(node, client_id, server_round, reason)
+                    self.round_events.append({"client": client_id, "event": "declined (policy)", "reason": reason})
                 else:
                     client_id = self.roster.record_drop(node, server_round, reason)
                     self.round_events.append({"client": client_id, "event": "failed", "reason": reason})
                 continue
+            try:
+                client_id, release = wire.release_from_wire(msg.content[wire.METRICS], msg.content[wire.RELEASE],
+                                                            server_round)
+                self.roster.check_reply(node, client_id, release)
+            except (KeyError, wire.WireError) as exc:  # the charge stands; the update is not used
+                reason = f"reply rejected: {exc}"
+                log.warning("round %d: node %d: %s", server_round, node, reason)
+                client_id = self.roster.record_drop(node, server_round, reason)
+                self.round_events.append({"client": client_id, "event": "failed", "reason": reason})
+                continue
             good.append(msg)
         if not good:
             return None, None
-        for msg in good:
-            client_id, release = wire.release_from_wire(msg.content[wire.METRICS], msg.content[wire.RELEASE],
-                                                        server_round)
-            self.roster.record_release(msg.metadata.src_node_id, client_id, release)
         averaged, _ = super().aggregate_train(server_round, good)
         if averaged is None:
             return None, None

@@ -20,6 +20,7 @@ from flwr.serverapp import ServerApp
 
 from dpfl.client.app import ClientSetup, build_client_app
 from dpfl.client.settings import ClientSettings
+from dpfl.privacy.owner_policy import OwnerPolicy, OwnerPolicyError, load_owner_policies
 from dpfl.server.app import ServerSetup, build_server_app
 from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
@@ -49,13 +50,38 @@ def _cached_config(items: tuple[tuple[str, Any], ...]) -> RunConfig:
 
 
 @lru_cache(maxsize=256)
-def _client_setup(cfg: RunConfig, partition_id: int, client_id: str) -> ClientSetup:
+def _client_setup(cfg: RunConfig, partition_id: int, client_id: str, owner: OwnerPolicy | None) -> ClientSetup:
     values = cfg.as_dict()
     data = load_client_data(values, partition_id)
     _, _, input_shape, num_classes = load_test_set(values)
+    declared = declared_sizes(values)[partition_id]
+    if owner is not None and owner.declared_records and cfg["neighbouring"] == "add-remove":
+        declared = owner.declared_records  # the owner's own public N
     return ClientSetup(settings=ClientSettings.from_config(values), client_id=client_id, partition_id=partition_id,
                        train_x=data.train_x, train_y=data.train_y, val_x=data.val_x, val_y=data.val_y,
-                       input_shape=input_shape, num_classes=num_classes)
+                       input_shape=input_shape, num_classes=num_classes, declared_records=declared,
+                       owner_policy=owner)
+
+
+def owner_policy_for(node: dict[str, Any], client_id: str) -> OwnerPolicy | None:
+    """The data owner's policy named by the node's own config (never the run config): ``privacy-policy`` is
+    the owner's file, or a folder of ``<client-id>.toml``; ``privacy-policy-shared`` marks one file that a
+    simulation applies to every client (each then keeps its own ledger, suffixed by its client id)."""
+    where = str(node.get("privacy-policy", ""))
+    if not where:
+        return None
+    try:
+        path = Path(where)
+        if path.is_dir():
+            return _load_policy(str(path / f"{client_id}.toml"), "")
+        return _load_policy(str(path), client_id if node.get("privacy-policy-shared") else "")
+    except OwnerPolicyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@lru_cache(maxsize=256)
+def _load_policy(path: str, suffix_for: str) -> OwnerPolicy:
+    return load_owner_policies(path, [suffix_for])[suffix_for] if suffix_for else OwnerPolicy.load(path)
 
 
 def preload_data(run_config: dict[str, Any]) -> None:
@@ -83,7 +109,7 @@ def client_setup(context: Context) -> ClientSetup:
     local = {key: str(node[key]) for key in ("data-dir", "state-dir") if str(node.get(key, ""))}
     if local:
         cfg = cfg.replace(**local)
-    return _client_setup(cfg, partition_id, client_id)
+    return _client_setup(cfg, partition_id, client_id, owner_policy_for(node, client_id))
 
 
 def default_run_path(cfg: RunConfig) -> Path:

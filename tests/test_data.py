@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpfl.simulations.data.clients import CONFIG_DEFAULTS, declared_sizes, load_client_data, load_test_set
+from dpfl.simulations.data.clients import CONFIG_DEFAULTS, load_client_data, load_test_set, true_sizes
 from dpfl.simulations.data.datasets import DATASETS, FASHION_MNIST_DIR, DataError, dataset_info, load_dataset
 from dpfl.simulations.data.partitions import partition_indices
 
@@ -93,7 +93,7 @@ def test_impossible_partitions_raise_data_errors(digit_labels: np.ndarray) -> No
 @pytest.mark.parametrize("num_clients", [1, 7, 40])
 def test_synthetic_gives_any_number_of_clients(num_clients: int) -> None:
     cfg = _cfg(dataset="synthetic", num_clients=num_clients)
-    sizes = declared_sizes(cfg)
+    sizes = true_sizes(cfg)
     assert len(sizes) == num_clients and min(sizes) >= 30
     test_x, test_y, shape, classes = load_test_set(cfg)
     assert shape == (60,) and classes == 10 and test_x.shape[1:] == (60,)
@@ -101,7 +101,7 @@ def test_synthetic_gives_any_number_of_clients(num_clients: int) -> None:
     held_out = len(test_y) / (len(test_y) + len(ds.train_y))
     assert 0.18 < held_out < 0.22  # 20 % of each client's samples, pooled
     last = load_client_data(cfg, num_clients - 1)
-    assert last.declared_records == sizes[-1] and last.train_x.shape[1:] == (60,)
+    assert last.true_records == sizes[-1] and last.train_x.shape[1:] == (60,)
     with pytest.raises(DataError, match="out of range"):
         load_client_data(cfg, num_clients)
 
@@ -114,22 +114,22 @@ def test_synthetic_clients_differ_and_do_not_depend_on_federation_size() -> None
     assert float(means.std(0).mean()) > 0.5  # v_k ~ N(B_k, 1): input distributions differ
     label_hists = np.stack([np.bincount(c.train_y.numpy(), minlength=10) / len(c.train_y) for c in clients])
     assert float(np.abs(label_hists - label_hists.mean(0)).sum(1).mean()) > 0.5
-    assert len({c.declared_records for c in clients}) > 6  # lognormal sizes
+    assert len({c.true_records for c in clients}) > 6  # lognormal sizes
     other_seed = load_client_data({**large, "seed": 1}, 2)
     assert not torch.equal(other_seed.train_x[:5], clients[2].train_x[:5])
-    iid = declared_sizes({**large, "partition": "iid"})  # the natural partition: `partition` is ignored
-    assert iid == declared_sizes({**large, "partition": "dirichlet"})
+    iid = true_sizes({**large, "partition": "iid"})  # the natural partition: `partition` is ignored
+    assert iid == true_sizes({**large, "partition": "dirichlet"})
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_declared_sizes_match_client_data(scheme: str) -> None:
+def test_true_sizes_match_client_data(scheme: str) -> None:
     cfg = _cfg(partition=scheme, validation_fraction=0.2, seed=5)
-    sizes = declared_sizes(cfg)
+    sizes = true_sizes(cfg)
     ds = load_dataset("digits")
     seen = []
     for k, size in enumerate(sizes):
         client = load_client_data(cfg, k)
-        assert client.declared_records == size == len(client.train_x)
+        assert client.true_records == size == len(client.train_x)
         assert len(client.val_y) == round(0.2 * (size + len(client.val_y)))
         seen += [client.train_y, client.val_y]
     assert len(torch.cat(seen)) == len(ds.train_y)
@@ -147,8 +147,8 @@ def test_client_split_is_disjoint_and_zero_fraction_gives_empty_validation() -> 
     assert len(rows) == len(train_x) == len(torch.unique(rows, dim=0))  # continuous rows: no duplicates
     none = load_client_data(_cfg(validation_fraction=0.0), 1)
     assert none.val_x.shape == (0, 1, 8, 8) and none.val_y.shape == (0,)
-    assert none.declared_records == client.declared_records + len(client.val_y)
-    assert declared_sizes(_cfg(validation_fraction=0.0)) == [len(p) for p in partition_indices(
+    assert none.true_records == client.true_records + len(client.val_y)
+    assert true_sizes(_cfg(validation_fraction=0.0)) == [len(p) for p in partition_indices(
         ds.train_y.numpy(), 5, "iid", seed=42)]
     with pytest.raises(DataError, match="validation-fraction"):
         load_client_data(_cfg(validation_fraction=1.0), 0)
@@ -211,5 +211,5 @@ def test_fashion_mnist_from_the_debian_package() -> None:
     assert np.array_equal(np.bincount(ds.train_y.numpy()), np.full(10, 6000))
     assert abs(float(ds.train_x.mean())) < 0.01 and abs(float(ds.train_x.std()) - 1) < 0.01
     cfg = {**CONFIG_DEFAULTS, "num-clients": 10, "validation-fraction": 0.1}
-    sizes = declared_sizes(cfg)
-    assert sum(sizes) == 54000 and load_client_data(cfg, 9).declared_records == sizes[9]
+    sizes = true_sizes(cfg)
+    assert sum(sizes) == 54000 and load_client_data(cfg, 9).true_records == sizes[9]

@@ -437,3 +437,24 @@ def test_restarted_client_continues_its_ledger(tmp_path: Path) -> None:
     assert [e["round"] for e in server_side] == rounds
     assert summary(run_path)["epsilon_per_client"]["client-001"] == pytest.approx(eps[-1])
     assert_nothing_left(fed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hostile", [{"delta": 0.5}, {"noise-multiplier": 0.3, "target-epsilon": 0.0},
+                                     {"deterministic-noise": True}],
+                         ids=["delta-0.5", "sigma-below-minimum", "deterministic-noise"])
+def test_a_launched_federation_of_policy_holders_declines_a_hostile_run_config(tmp_path: Path,
+                                                                                hostile: dict) -> None:
+    """The run config is the server's; each SuperNode's policy is its own (node config): nothing trains."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'data-source = "h"\nmax-epsilon = 10.0\nmin-noise-multiplier = 0.5\n'
+                      f'state-dir = "{tmp_path / "state"}"\n')
+    res = dpfl("launch", "--clients", "2", "--privacy-policy", str(policy),
+               *cli_flags({**BASE, "num-server-rounds": 1, "run-dir": tmp_path, "run-name": "hostile", **hostile}))
+    assert res.returncode != 0, res.stdout[-4000:]
+    assert "declined by its privacy policy" in res.stdout and "nothing was trained" in res.stdout
+    result = summary(tmp_path / "hostile")
+    assert result["rounds_completed"] == 0
+    assert {c["status"] for c in result["clients"].values()} == {"declined (policy)"}
+    assert not any(p.read_text() for p in (tmp_path / "hostile" / "ledgers").glob("*.jsonl"))
+    assert not any(p.read_text() for p in (tmp_path / "state").glob("*.jsonl"))

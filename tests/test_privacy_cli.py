@@ -24,7 +24,8 @@ def test_epsilon_all_json_agrees_with_dp_accounting() -> None:
                 str(steps), "--delta", str(delta), "--accountant", "all", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert set(out) == {"epsilon", "delta", "accountant"} and out["delta"] == delta
+    assert set(out) == {"epsilon", "delta", "accountant", "neighbouring"} and out["delta"] == delta
+    assert out["neighbouring"] == "add-remove"
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4).compose(event).get_epsilon(delta)

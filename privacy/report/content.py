@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dpfl.privacy.accountants import ACCOUNTANT_REGISTRY, DEFAULT_ACCOUNTANT
-from dpfl.privacy.policy import effective_budget, is_not_private
+from dpfl.privacy.policy import NOT_PRIVATE_STAMP, effective_budget, is_not_private
+from dpfl.privacy.report import reconcile as rc
 from dpfl.privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
 from dpfl.privacy.report.jsonsafe import finite
 from dpfl.privacy.rundata import RunData, natural_key
 
 SCHEMA = "dpfl-report/1"
+VERDICT_FAILED = "ACCOUNTING CHECK FAILED"
 TABLE_ALL_CLIENTS_MAX = 10  # more clients: the documents show the top 10 by epsilon plus summary rows
 PLOT_ALL_CLIENTS_MAX = 20  # more clients: the epsilon plot shows a min/median/max band
 
@@ -29,7 +31,7 @@ PARAMETER_KEYS = (
     "dataset", "model", "partition", "dirichlet-alpha", "num-clients", "num-server-rounds", "fraction-train",
     "min-train-clients", "local-epochs", "batch-size", "optimizer", "learning-rate", "dp", "noise-multiplier",
     "max-grad-norm", "target-epsilon", "epsilon-budget", "max-participations", "delta", "accountant", "seed",
-    "deterministic-noise", "private-metrics", "fraction-evaluate", "aggregation-weights",
+    "deterministic-noise", "private-metrics", "fraction-evaluate", "aggregation-weights", "neighbouring",
 )
 
 
@@ -55,12 +57,17 @@ def _delta_explanation(cfg: dict[str, Any], delta: float | None) -> tuple[str, s
                     "far below 1 / (number of records), as it must be.")
 
 
-def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: bool) -> dict[str, Any]:
+def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: bool, relation: str,
+               ) -> dict[str, Any]:
     cfg = run.config
+    counts = rc.declared_records(run)
     dp = _flag(cfg, "dp") if "dp" in cfg else True
     source, delta_text = _delta_explanation(cfg, delta)
     excludes = ["who took part in which round, timing, and the number of records each client declares "
                 "(used for the sample rate and the aggregation weights)"]
+    if relation == rc.REPLACE_ONE:
+        excludes = ["who took part in which round, timing, and each client's true number of records (public under "
+                    "replace-one: the sample rate and the aggregation weights reveal it)"]
     if _flag(cfg, "private-metrics"):
         excludes.insert(0, "the loss/accuracy values clients computed on their private data and sent "
                            "without noise (private-metrics = true)")
@@ -74,8 +81,9 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
         sigma_text = f", calibrated so that each client ends at epsilon <= {target:g}"
     else:
         sigma_text = f", configured {sigma:g}" if sigma else ""
+    count = "the true record count n" if relation == rc.REPLACE_ONE else "the declared record count N"
     how = ("Each client trains locally with DP-SGD: every step draws a batch by Poisson sampling (each "
-           "record independently with probability q = batch size / the client's records), clips each "
+           f"record independently with probability q = batch size / {count}), clips each "
            f"record's gradient to L2 norm C{clip_text}, sums them and adds Gaussian noise of standard "
            f"deviation sigma x C (sigma = noise multiplier{sigma_text}; the ledgers hold the sigma actually "
            "used) before the model update leaves the client. The server only sees noised updates, so the "
@@ -87,9 +95,10 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
         "protected": ("Every individual training record held by each client (sample-level differential "
                       "privacy). Whether or not any one record was used, the distribution of everything the "
                       "client sent changes by at most a factor e^epsilon, except with probability delta."),
-        "unit": ("One record: neighbouring datasets differ by adding or removing a single record at one "
-                 "client. A person with k records, or a client's whole dataset, is protected only at a "
-                 "weaker level (roughly k x epsilon); this is not user-level or client-level DP."),
+        "unit": rc.unit_text(relation),
+        "neighbouring": relation,
+        "neighbouring_text": rc.relation_words(relation, counts),
+        "declared_records": counts,
         "how": how if dp else "dp = false: updates were sent without clipping or noise. No epsilon applies.",
         "composition": ("A client's epsilon composes over every DP-SGD step of every round it trained in, "
                         "never reset between rounds. Each release is written to the client's ledger before "
@@ -113,6 +122,7 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
 def _banner(run: RunData, not_private: bool) -> dict[str, Any] | None:
     cfg, lines = run.config, []
     if not_private:
+        stamped = rc.stamps_found(run)
         if "dp" in cfg and not _flag(cfg, "dp"):
             lines.append("dp = false: no clipping, no noise. This run has NO differential-privacy guarantee; "
                          "any epsilon shown is meaningless.")
@@ -120,6 +130,9 @@ def _banner(run: RunData, not_private: bool) -> dict[str, Any] | None:
             lines.append("deterministic-noise = true: the DP noise was derived from the seed, so anyone who "
                          "knows the seed can remove it. The epsilons below describe the mechanism with real "
                          "randomness, NOT this run. For tests only.")
+        elif stamped:
+            lines.append(f"{', '.join(stamped)} carry the {NOT_PRIVATE_STAMP} stamp (config.json does not say "
+                         "why): treat this run as not private.")
         else:
             lines.append("summary.json marks this run as not private.")
     if _flag(cfg, "private-metrics"):
@@ -166,9 +179,11 @@ def _events(run: RunData) -> list[dict[str, Any]]:
               for row in run.metrics for e in row.get("events") or []]
     seen = {(e["round"], e["client"], e["event"].split()[0] if e["event"] else "") for e in events}
     for cid, info in ((run.summary or {}).get("clients") or {}).items():
-        for e in info.get("events") or []:
+        for e in (info.get("events") if isinstance(info, dict) else None) or []:
+            if not isinstance(e, dict):
+                continue
             name = str(e.get("event", ""))
-            key = (int(e.get("round", 0)), str(cid), name.split()[0] if name else "")
+            key = (int(finite(e.get("round")) or 0), str(cid), name.split()[0] if name else "")
             if key not in seen:
                 seen.add(key)
                 events.append({"round": key[0], "client": str(cid), "event": name,
@@ -181,9 +196,10 @@ def _clients(run: RunData, eps_final: dict[str, float], dp: bool, budget: float)
     info = summary.get("clients") or {}
     per_client = summary.get("epsilon_per_client") or {}
     ids = sorted(set(info) | set(per_client) | set(run.ledgers) | set(eps_final), key=natural_key)
+    prior, counts = rc.prior_runs(run), rc.declared_records(run)
     rows = []
     for cid in ids:
-        c = info.get(cid) or {}
+        c = info.get(cid) if isinstance(info.get(cid), dict) else {}
         ledger = run.ledgers.get(cid)
         eps = None
         if dp:
@@ -198,7 +214,10 @@ def _clients(run: RunData, eps_final: dict[str, float], dp: bool, budget: float)
                      "reason": c.get("reason", ""), "participations": participations, "epsilon": eps,
                      "budget": budget if budget > 0 else None, "remaining": remaining,
                      "used_fraction": eps / budget if remaining is not None else None,
-                     "rounds_trained": [e.get("round") for e in ledger.entries] if ledger else []})
+                     "rounds_trained": [e.get("round") for e in ledger.entries] if ledger else [],
+                     "declared_records": counts.get(cid),
+                     **(prior.get(cid) or {"prior_epsilon": None, "prior_runs": [], "other_runs_in_ledger": [],
+                                           "data_source": None})})
     return rows
 
 
@@ -225,8 +244,10 @@ def _federation(run: RunData, clients: list[dict[str, Any]], delta: float | None
         "budget": budget if budget > 0 else None, "budget_source": source,
         "max_participations": run.resolved.get("max-participations", cfg.get("max-participations")),
         "rounds_completed": done, "num_server_rounds": total, "stopped_early": early, "stop_reason": reason,
-        "stop_text": (f"stopped early after round {done} of {total}: {reason or 'no reason recorded'}"
+        "stop_text": (f"no round ran (0 of {total}): {reason or 'no reason recorded'}" if done == 0 and early
+                      else f"stopped early after round {done} of {total}: {reason or 'no reason recorded'}"
                       if early else f"ran all {total} rounds"),
+        "no_round_ran": done == 0,
         "finished": run.summary is not None, "wall_seconds": finite(summary.get("wall_seconds")),
     }
 
@@ -244,7 +265,8 @@ def _training(run: RunData) -> dict[str, Any]:
 
 
 def _checks(run: RunData, eps: dict[str, Any], fed: dict[str, Any], clients: list[dict[str, Any]],
-            delta: float | None, accountant: str, dp: bool) -> list[dict[str, Any]]:
+            delta: float | None, accountant: str, dp: bool, relation: str, reconciliation: dict[str, Any],
+            ) -> list[dict[str, Any]]:
     """Cross-checks between the run's files: each failure is a bug in the run, not in the data."""
     if not dp:
         return []
@@ -294,7 +316,17 @@ def _checks(run: RunData, eps: dict[str, Any], fed: dict[str, Any], clients: lis
                            f"{accountant}")
     checks.append({"name": "every ledger entry uses the run's delta and accountant", "ok": not bad,
                    "details": bad})
-    return checks
+    checks.append(rc.relation_check(run, relation))
+    extra = (rc.reconcile_check(reconciliation), rc.stamp_check(run, _flag(run.config, "deterministic-noise")))
+    return checks + [c for c in extra if c is not None]
+
+
+def _verdict(accountants: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's one answer: every epsilon re-derived and every cross-check passed, or what failed."""
+    failures = list(accountants["mismatches"])
+    failures += [f"{c['name']}: " + "; ".join(c["details"][:5]) + (" ..." if len(c["details"]) > 5 else "")
+                 for c in checks if not c["ok"]]
+    return {"ok": not failures, "title": None if not failures else VERDICT_FAILED, "failures": failures}
 
 
 def build_report(run: RunData) -> dict[str, Any]:
@@ -302,11 +334,13 @@ def build_report(run: RunData) -> dict[str, Any]:
     cfg, summary = run.config, run.summary or {}
     dp = _flag(cfg, "dp") if "dp" in cfg else True
     # Conservative: not private if the summary says so or the config does (either may be missing).
-    not_private = bool(summary.get("not_private")) or is_not_private(dp, _flag(cfg, "deterministic-noise"))
+    not_private = (bool(summary.get("not_private")) or is_not_private(dp, _flag(cfg, "deterministic-noise"))
+                   or bool(rc.stamps_found(run)))
     delta = finite(run.resolved.get("delta")) or finite(summary.get("delta"))
     if delta is None and run.metrics:
         delta = finite(run.metrics[-1].get("delta"))
     accountant = str(summary.get("accountant") or cfg.get("accountant") or DEFAULT_ACCOUNTANT)
+    relation = rc.run_relation(run)
     budget = effective_budget(finite(cfg.get("epsilon-budget")) or 0.0,
                               finite(cfg.get("target-epsilon")) or 0.0)
 
@@ -315,10 +349,12 @@ def build_report(run: RunData) -> dict[str, Any]:
     fed = _federation(run, clients, delta, accountant, dp, budget)
     groups = group_ledgers(run.ledgers, delta or 0.0, accountant) if dp else []
     accountants = recompute(groups, run.ledgers)
-    checks = _checks(run, eps, fed, clients, delta, accountant, dp)
-    ok = accountants["ok"] and all(c["ok"] for c in checks)
+    reconciliation = rc.reconcile(run, delta, accountant) if dp else {"rows": [], "no_ledger": [], "note": ""}
+    checks = _checks(run, eps, fed, clients, delta, accountant, dp, relation, reconciliation)
+    verdict = _verdict(accountants, checks)
     return {
         "schema": SCHEMA,
+        **({"privacy": NOT_PRIVATE_STAMP} if not_private else {}),
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": {"directory": str(run.path), "id": run.path.name, "dataset": cfg.get("dataset"),
                 "model": cfg.get("model"), "partition": cfg.get("partition"),
@@ -326,15 +362,17 @@ def build_report(run: RunData) -> dict[str, Any]:
                 "num_server_rounds": fed["num_server_rounds"], "rounds_completed": fed["rounds_completed"]},
         "warnings": list(run.warnings),
         "banner": _banner(run, not_private),
-        "mechanism": _mechanism(run, delta, accountant, not_private),
+        "mechanism": _mechanism(run, delta, accountant, not_private, relation),
         "epsilon": eps,
         "federation": fed,
         "clients": clients,
         "events": _events(run),
         "training": _training(run),
         "accountants": accountants,
+        "reconciliation": reconciliation,
         "checks": checks,
-        "accounting_ok": ok,
+        "accounting_ok": verdict["ok"],
+        "verdict": verdict,
         "reproduction": reproduction(groups, {d["id"]: d["recomputed"] for d in accountants["distinct"]}),
         "plots": {},
     }

@@ -44,7 +44,8 @@ def f_rel(v: float | None) -> str:
 def _glance(r: dict[str, Any]) -> Section:
     fed, mech, acc = r["federation"], r["mechanism"], r["accountants"]
     n_bad = len(acc["mismatches"]) + sum(len(c["details"]) for c in r["checks"])
-    check = "OK: every ε re-derived from the ledgers" if r["accounting_ok"] else f"MISMATCH ({n_bad} issues)"
+    check = ("OK: every ε re-derived from the ledgers and every cross-check passed" if r["accounting_ok"]
+             else f"FAILED: MISMATCH ({n_bad} issues, listed above and in section 5)")
     if not mech["dp"]:
         check = "nothing to check: no DP, no ledgers"
     eps_text = (f"{f_eps(fed['epsilon'])} at δ = {f_g(fed['delta'])} ({fed['accountant']}; max over clients)"
@@ -53,6 +54,7 @@ def _glance(r: dict[str, Any]) -> Section:
         ("Federation ε", eps_text),
         ("Guarantee", "NOT PRIVATE" if mech["not_private"] else "sample-level (ε, δ)-DP for every record"
          + (", EXCEPT the values named in the banner above" if r["banner"] else "")),
+        ("Neighbouring relation", mech.get("neighbouring_text", "add/remove one record")),
         ("Clients", str(len(r["clients"]))),
         ("Rounds", f"{fed['rounds_completed']} of {fed['num_server_rounds']}"),
         ("Run", fed["stop_text"]),
@@ -64,6 +66,15 @@ def _glance(r: dict[str, Any]) -> Section:
     blocks: list[Block] = []
     if r["banner"]:
         blocks.append(("banner", r["banner"]["title"], r["banner"]["lines"]))
+    verdict = r.get("verdict") or {}
+    if mech["dp"] and not r["accounting_ok"]:
+        failures = verdict.get("failures") or ["see section 5"]
+        more = [f"... and {len(failures) - 10} more (report.json, `verdict.failures`)"] if len(failures) > 10 else []
+        blocks.append(("banner", verdict.get("title") or "ACCOUNTING CHECK FAILED",
+                       ["The run's files disagree: do not rely on the ε below until this is explained.",
+                        *failures[:10], *more]))
+    if fed.get("no_round_ran"):
+        blocks.append(("note", f"No round ran: {fed['stop_reason'] or 'no reason recorded'}"))
     for w in r["warnings"]:
         blocks.append(("note", f"Warning: {w}"))
     blocks.append(("kv", rows))
@@ -78,6 +89,7 @@ def _mechanism(r: dict[str, Any]) -> Section:
         return Section("1. Privacy mechanism", blocks)
     rows = [
         ("What is protected", m["protected"]),
+        ("Neighbouring relation", m.get("neighbouring_text", "add/remove one record")),
         ("Unit of privacy", m["unit"]),
         ("Mechanism", m["how"]),
         ("Composition", m["composition"]),
@@ -95,7 +107,11 @@ def _mechanism(r: dict[str, Any]) -> Section:
 def _epsilon(r: dict[str, Any]) -> Section:
     e = r["epsilon"]
     if not e["clients"]:
-        return Section("2. ε per client per round", [("p", "No ε: differential privacy was off.")])
+        text = "No ε: differential privacy was off."
+        if r["mechanism"]["dp"]:
+            text = ("No ε: no client released anything" + (f" (no round ran: {r['federation']['stop_reason']})"
+                                                           if r["federation"].get("no_round_ran") else "") + ".")
+        return Section("2. ε per client per round", [("p", text)])
     blocks: list[Block] = [("p", e["note"])]
     if "epsilon" in r["plots"]:
         alt = "epsilon per client per round" + (" (min/median/max band)" if e["plot_mode"] == "band" else "")
@@ -138,13 +154,34 @@ def _federation(r: dict[str, Any]) -> Section:
     headers = ["client", "status", "participations", "ε", "budget", "remaining", "reason"]
     rows = [[c["client"], c["status"], f_g(c["participations"]), f_eps(c["epsilon"]), f_g(c["budget"]),
              f_eps(c["remaining"]), c["reason"] or ""] for c in r["clients"]]
-    blocks += [("h3", "Budget status per client"), ("table", headers, rows), ("h3", "Events by round")]
+    blocks += [("h3", "Budget status per client"), ("table", headers, rows)]
+    blocks += _earlier_runs(r)
+    blocks.append(("h3", "Events by round"))
     if r["events"]:
         blocks.append(("table", ["round", "client", "event", "reason"],
-                       [[str(ev["round"]), ev["client"], ev["event"], ev["reason"]] for ev in r["events"]]))
+                       [[str(ev["round"]) if ev["round"] > 0 else "before round 1", ev["client"], ev["event"],
+                         ev["reason"]] for ev in r["events"]]))
     else:
         blocks.append(("p", "No client dropped, failed or declined in any round."))
     return Section("3. Federation ε, budgets and events", blocks)
+
+
+def _earlier_runs(r: dict[str, Any]) -> list[Block]:
+    """Per client, the earlier runs on the same records that its owner's budget counts."""
+    rows = [c for c in r["clients"] if c.get("prior_runs") or c.get("other_runs_in_ledger")
+            or (c.get("prior_epsilon") or 0) > 0]
+    if not rows:
+        return []
+    table = [[c["client"], c.get("data_source") or DASH, f_eps(c.get("prior_epsilon")),
+              ", ".join(f"`{x}`" for x in c.get("prior_runs") or []) or DASH,
+              ", ".join(f"`{x}`" for x in c.get("other_runs_in_ledger") or []) or DASH] for c in rows]
+    return [("h3", "Earlier runs on the same records"),
+            ("p", "These clients' records were used in earlier runs too. The ε in this report is this run's; the "
+                  "owner's budget (max-epsilon in its privacy policy) covers all of them: every release of the "
+                  "records, in this run and in the earlier runs listed, composes in the client's own ledger and "
+                  "is checked against that budget before each release."),
+            ("table", ["client", "data source", "prior ε (client reported)", "earlier runs that count",
+                       "other runs in its ledger"], table)]
 
 
 def _training(r: dict[str, Any]) -> Section:
@@ -154,6 +191,11 @@ def _training(r: dict[str, Any]) -> Section:
                       ("accuracy_vs_epsilon", "test accuracy against ε")):
         if name in r["plots"]:
             blocks.append(("img", name, alt))
+    if not t["rounds"]:
+        fed = r["federation"]
+        blocks.append(("p", f"No round ran: {fed['stop_reason'] or 'no reason recorded'}. The model was never "
+                            "trained; nothing was released."))
+        return Section("4. Accuracy", blocks)
     rows = [[str(x["round"]), f_num(x["accuracy"]), f_num(x["loss"]), f_eps(x["epsilon_max"]),
              f_g(x["participants"]), f_num(x["seconds"], 1)] for x in t["rounds"]]
     blocks.append(("table", ["round", "accuracy", "loss", "federation ε", "participants", "seconds"], rows))
@@ -162,21 +204,42 @@ def _training(r: dict[str, Any]) -> Section:
 
 def _accountants(r: dict[str, Any]) -> Section:
     acc = r["accountants"]
+    blocks: list[Block] = []
     if not acc["distinct"]:
-        return Section("5. Accountants side by side", [("p", "No ledger holds a release: nothing to check.")])
+        blocks.append(("p", "No ledger holds a release: no ε to recompute."))
+        if acc["mismatches"]:
+            blocks.append(("banner", "ACCOUNTING MISMATCH", acc["mismatches"]))
+    else:
+        blocks += _accountant_table(acc)
+    blocks += _reconciliation(r)
+    if r["checks"]:
+        items = [f"{'OK' if c['ok'] else 'FAIL'}: {c['name']}"
+                 + ("" if c["ok"] else ": " + "; ".join(c["details"][:5])) for c in r["checks"]]
+        failed = [c["name"] for c in r["checks"] if not c["ok"]]
+        if failed:
+            blocks.append(("banner", "CROSS-CHECK FAILED", failed))
+        blocks += [("p", "Cross-checks between the run's files:"), ("list", items)]
+    return Section("5. Accountants side by side", blocks)
+
+
+def _accountant_table(acc: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [("p", (
-        "Each client's ledger recomputed with all three accountants at the run's δ. `reported` is the ε the "
+        "Each client's ledger recomputed with all three accountants at the run's δ, under its own neighbouring "
+        "relation. `reported` is the ε the "
         f"run wrote in the ledger (its accountant); a relative difference above {acc['tolerance']:g} is a "
         f"bug. {len(acc['distinct'])} distinct ledger(s) among {len(acc['clients'])} client(s), each "
         f"computed once; {acc['prefix_check']}."))]
+    left_out = sorted({f"{name}: {why}" for d in acc["distinct"] for name, why in (d.get("left_out") or {}).items()})
+    if left_out:
+        blocks.append(("p", "Left out (shown as —): " + "; ".join(left_out) + "."))
     if acc["mismatches"]:
         blocks.append(("banner", "ACCOUNTING MISMATCH", acc["mismatches"]))
     headers = ["reported", *ACCOUNTANTS, "rel. difference", "check"]
     if len(acc["clients"]) <= MANY_CLIENTS:
-        rows = [[c["client"], c["ledger"], str(c["releases"]), f_eps(c["reported"]),
+        rows = [[c["client"], c["ledger"], c.get("neighbouring") or DASH, str(c["releases"]), f_eps(c["reported"]),
                  *[f_eps(c["recomputed"].get(a)) for a in ACCOUNTANTS],
                  f_rel(c["relative_difference"]), "OK" if c["ok"] else "MISMATCH"] for c in acc["clients"]]
-        blocks.append(("table", ["client", "ledger", "releases", *headers], rows))
+        blocks.append(("table", ["client", "ledger", "relation", "releases", *headers], rows))
     else:
         by_ledger: dict[str, list[dict[str, Any]]] = {}
         for c in acc["clients"]:
@@ -186,16 +249,41 @@ def _accountants(r: dict[str, Any]) -> Section:
             cs = by_ledger[d["id"]]
             reported = sorted({c["reported"] for c in cs if c["reported"] is not None})
             worst = max((c["relative_difference"] or 0.0 for c in cs), default=None)
-            rows.append([d["id"], str(len(cs)), str(d["releases"]),
+            rows.append([d["id"], d.get("neighbouring") or DASH, str(len(cs)), str(d["releases"]),
                          " / ".join(f_eps(v) for v in reported) or DASH,
                          *[f_eps(d["recomputed"].get(a)) for a in ACCOUNTANTS], f_rel(worst),
                          "OK" if all(c["ok"] for c in cs) else "MISMATCH"])
-        blocks.append(("table", ["ledger", "clients", "releases", *headers], rows))
-    if r["checks"]:
-        items = [f"{'OK' if c['ok'] else 'FAIL'}: {c['name']}"
-                 + ("" if c["ok"] else ": " + "; ".join(c["details"][:5])) for c in r["checks"]]
-        blocks += [("p", "Cross-checks between the run's files:"), ("list", items)]
-    return Section("5. Accountants side by side", blocks)
+        mixed = [c for c in acc["clients"] if c["ledger"] == "mixed"]
+        if mixed:
+            rows.append(["mixed", "mixed", str(len(mixed)), DASH, DASH, *[DASH for _ in ACCOUNTANTS], DASH,
+                         "MISMATCH"])
+        blocks.append(("table", ["ledger", "relation", "clients", "releases", *headers], rows))
+    return blocks
+
+
+def _reconciliation(r: dict[str, Any]) -> list[Block]:
+    """The server's ledger against each client's own (which may also hold earlier runs)."""
+    rec = r.get("reconciliation") or {}
+    if not r["mechanism"]["dp"]:
+        return []
+    blocks: list[Block] = [("h3", "The server's ledger against the clients' own ledgers")]
+    if not rec.get("rows"):
+        blocks.append(("p", "No client ledger was found in this run directory (client-ledgers.json or "
+                            "client-state/): the server's ledgers could not be compared with the clients' own."))
+        return blocks
+    blocks.append(("p", "The server charges each client when it sends the instruction, so its ledger must never "
+                        f"be below the client's own. {rec['note'][0].upper()}{rec['note'][1:]}"))
+    rows = [[x["client"], f"{f_eps(x['server_epsilon'])} ({x['server_releases']})",
+             f"{f_eps(x['client_epsilon_run'])} ({x['client_releases_run']})",
+             f"{f_eps(x['client_epsilon_all'])} ({x['client_releases_all']})",
+             "OK" if x["ok"] else "SERVER BELOW CLIENT" if x["server_below_client"] else "NOT COMPARED"]
+            for x in rec["rows"]]
+    blocks.append(("table", ["client", "server ledger ε (releases)", "client ledger ε, this run (releases)",
+                             "client ledger ε, all runs (releases)", "check"], rows))
+    if rec.get("no_ledger"):
+        blocks.append(("p", "No own ledger on disk (never trained on these records): "
+                            + ", ".join(rec["no_ledger"]) + "."))
+    return blocks
 
 
 def _configuration(r: dict[str, Any]) -> list[Block]:
@@ -221,8 +309,9 @@ def _reproduction(r: dict[str, Any]) -> Section:
                  str(s["steps_per_round"]), str(s["rounds"])] for s in rep["schedule"]]
         blocks.append(("table", ["mechanism", "σ (noise multiplier)", "q (sample rate)", "steps per round",
                                  "rounds"], rows))
+        relation = rep.get("neighbouring", "add-remove")
         blocks.append(("kv", [("δ", repr(rep["delta"])), ("accountant", rep["accountant"]),
-                              ("releases", str(rep["rounds"]))]))
+                              ("neighbouring relation", relation), ("releases", str(rep["rounds"]))]))
         if rep["command"]:
             out = rep["command_output"]
             how = (f"{rep['steps_per_round']} per round x {rep['rounds']} rounds" if rep["uniform"]
@@ -230,19 +319,24 @@ def _reproduction(r: dict[str, Any]) -> Section:
             blocks += [("p", f"Every release has the same σ and q, so one DP-SGD run of {rep['total_steps']} "
                              f"steps ({how}) has the same ε (composition only depends on the total steps):"),
                        ("code", "bash", rep["command"]),
-                       ("p", "which prints " + ", ".join(f"{k} ε = {v:.6g}" for k, v in out.items())
-                        + (" (the ledger's values)." if rep["command_matches"] else
-                           " (the ledger's values up to the accountants' discretisation)."))]
+                       ("p", ("which prints " + ", ".join(f"{k} ε = {v:.6g}" for k, v in out.items())
+                              + (" (the ledger's values)." if rep["command_matches"] else
+                                 " (the ledger's values up to the accountants' discretisation)."))
+                        if out else "(this dpfl's accountants could not compute it under this relation)")]
         else:
             blocks.append(("p", "σ or q changes between rounds, so no single command line reproduces this "
                                 "ledger; use the Python below."))
-        if rep is full:
-            blocks += [("p", "With dp-accounting and Opacus alone (this ledger holds the federation's ε):"),
-                       ("code", "python", rep["python"])]
+        if relation != "add-remove":
+            blocks.append(("p", f"Under {relation} the snippet has no RDP or PRV lines: dp-accounting's RDP "
+                                "accountant refuses replace-one for Poisson sampling, so PLD alone accounts it."))
+        libraries = "dp-accounting and Opacus" if relation == "add-remove" else "dp-accounting"
+        if rep is full or relation != full.get("neighbouring", "add-remove"):
+            which = " (this ledger holds the federation's ε)" if rep is full else ""
+            blocks += [("p", f"With {libraries} alone{which}:"), ("code", "python", rep["python"])]
         else:
             schedule = ", ".join(f"({s['noise_multiplier']!r}, {s['sample_rate']!r}, {s['steps_per_round']}, "
                                  f"{s['rounds']})" for s in rep["schedule"])
-            blocks += [("p", f"With dp-accounting and Opacus alone: the Python of ledger {full['ledger']} with "
+            blocks += [("p", f"With {libraries} alone: the Python of ledger {full['ledger']} with "
                              "these three lines instead of its own (every ledger's full snippet is in "
                              "report.json, `reproduction`):"),
                        ("code", "python", f"delta = {rep['delta']!r}\n"
@@ -253,6 +347,6 @@ def _reproduction(r: dict[str, Any]) -> Section:
 
 def build_document(report: dict[str, Any]) -> tuple[str, list[Section]]:
     """(title, sections) in reading order."""
-    title = f"Privacy report: {report['run']['id']}"
+    title = f"Privacy report: {report['run']['id']}" + (" (NOT PRIVATE)" if report.get("privacy") else "")
     return title, [_glance(report), _mechanism(report), _epsilon(report), _federation(report),
                    _training(report), _accountants(report), _reproduction(report)]

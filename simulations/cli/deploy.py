@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "every process's log.")
     p.add_argument("--clients", type=int, default=None, metavar="N",
                    help="number of SuperNodes (sets num-clients; default: num-clients)")
+    p.add_argument("--privacy-policy", default=None, metavar="FILE|DIR",
+                   help="a data owner's privacy policy (TOML) for every SuperNode, or a folder of "
+                        "<client-id>.toml; each client reads it from its own node config")
     _add_tls_flags(p, insecure_help="plaintext between the local processes (the default for launch)")
     p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                    help="stop everything if the run has not finished after this long (0: no limit)")
@@ -81,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="where this client keeps its durable ledger (default: the run config's state-dir, "
                         "else <run dir>/client-state, which must then be writable here)")
+    p.add_argument("--privacy-policy", default=None, metavar="FILE",
+                   help="this data owner's privacy policy (TOML); the client declines any run that breaks it "
+                        "(see docs/privacy-policy.md)")
     p.add_argument("--port", type=int, default=0, metavar="PORT",
                    help="local port of the SuperNode's ClientApp runtime API (default: a free one)")
     _add_tls_flags(p, insecure_help="plaintext to the SuperLink (the default only for a loopback --server)",
@@ -213,20 +219,25 @@ def cmd_launch(args: argparse.Namespace) -> int:
                               "integer >= 1")
         certs = load_certificates(args.certificates) if args.certificates else None
         repo_root()
-        from dpfl.simulations.engines.simulate import preflight
+        from dpfl.simulations.engines.simulate import node_configs, owner_policies, preflight
 
         preflight(cfg)
+        nodes = node_configs(cfg, args.privacy_policy)
+        policies = owner_policies(nodes)
     except (ConfigError, DataError, CertificateError, LaunchError) as exc:
         return fail(str(exc))
     run_path = apps.default_run_path(cfg)
     if has_metrics(run_path):
         return fail(f"run directory {run_path} already holds a run; choose another --run-name")
+    from dpfl.simulations.engines.simulate import write_client_ledger_index
+
+    write_client_ledger_index(run_path, policies)
     console.print(f"[bold]dpfl launch[/] · {cfg['dataset']} · {cfg['num-clients']} clients (SuperNodes) · "
                   f"model {cfg['model']} · {cfg['num-server-rounds']} rounds · "
                   f"{'TLS' if certs else 'plaintext'}")
     result = launch_federation(cfg, run_path, certs=certs, console=console, verbose=_verbose(args),
                                timeout=args.timeout, startup_timeout=args.startup_timeout or 120.0,
-                               client_threads=args.client_threads)
+                               client_threads=args.client_threads, node_configs=nodes)
     code = result.exit_code
     if result.message:
         stopped = code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
@@ -379,6 +390,14 @@ def cmd_client(args: argparse.Namespace) -> int:
         for key, value in (("data-dir", args.data_dir), ("state-dir", args.state_dir)):
             if value:
                 node[key] = str(Path(value).expanduser().resolve())
+        if args.privacy_policy:
+            from dpfl.privacy.owner_policy import OwnerPolicy, OwnerPolicyError
+
+            try:
+                OwnerPolicy.load(args.privacy_policy)  # a bad policy stops here, not in the first round
+            except OwnerPolicyError as exc:
+                raise ConfigError(str(exc)) from None
+            node["privacy-policy"] = str(Path(args.privacy_policy).expanduser().resolve())
         if args.data_dir and not Path(str(node["data-dir"])).is_dir():
             raise ConfigError(f"--data-dir {args.data_dir} is not a directory")
         node_config_string(node)  # rejects values Flower cannot parse

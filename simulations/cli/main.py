@@ -44,7 +44,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       f"noise multiplier σ = {', '.join(f'{s:.4f}' for s in distinct)} "
                       f"({'all clients' if len(distinct) == 1 else 'per client size'}; {cfg['accountant']})")
     try:
-        outcome = simulate(cfg, reporter=RichReporter(console), engine=args.engine)
+        outcome = simulate(cfg, reporter=RichReporter(console), engine=args.engine,
+                           privacy_policy=args.privacy_policy)
     except (ConfigError, DataError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
@@ -82,20 +83,23 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     names = list(ACCOUNTANTS) if args.accountant == "all" else [args.accountant]
+    if args.neighbouring == "replace-one" and args.accountant == "all":
+        names = ["pld"]  # dp-accounting's RDP (and the PRV accountant) support add/remove only
     values: dict[str, float] = {}
     try:
         for name in names:
             if args.what == "epsilon":
                 release = DpSgdRelease(args.noise_multiplier, args.sample_rate, args.steps)
-                values[name] = epsilon([release], args.delta, name)
+                values[name] = epsilon([release], args.delta, name, neighbouring=args.neighbouring)
             else:
                 values[name] = calibrate_noise(args.target_epsilon, args.delta, args.sample_rate, args.steps, 1,
-                                               accountant=name)
+                                               accountant=name, neighbouring=args.neighbouring)
     except ValueError as exc:
         return fail(str(exc))
     key = "epsilon" if args.what == "epsilon" else "noise_multiplier"
     if args.json:
         out = {key: values if args.accountant == "all" else values[names[0]], "delta": args.delta,
+               "neighbouring": args.neighbouring,
                "accountant": {n: values[n] for n in names} if args.accountant == "all" else names[0]}
         print(json.dumps(out))
         return 0
@@ -107,17 +111,25 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 # --- report ------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     from dpfl.privacy.report import write_report
-    from dpfl.privacy.rundata import has_metrics
+    from dpfl.privacy.rundata import CONFIG_FILE, SUMMARY_FILE, has_metrics
 
     run = Path(args.run_dir)
-    if not has_metrics(run):
-        return fail(f"{run} is not a dpfl run directory (no metrics.jsonl); pass runs/<run-id>")
+    if not (has_metrics(run) or (run / SUMMARY_FILE).exists() or (run / CONFIG_FILE).exists()):
+        return fail(f"{run} is not a dpfl run directory (no metrics.jsonl, summary.json or config.json); "
+                    "pass runs/<run-id>")
     paths = write_report(run)
     for p in paths:
         console.print(str(p))
+    try:  # the report's own cross-checks: a failed one is a failed command, not a footnote
+        verdict = json.loads((run / "report.json").read_text(encoding="utf-8")).get("verdict") or {}
+    except (OSError, ValueError):
+        return error(f"{run / 'report.json'} could not be read back")
+    if verdict.get("ok") is False:
+        return error("the report's cross-checks failed: " + "; ".join(map(str, verdict.get("failures") or [])))
     return 0
 
 
@@ -128,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_sim = sub.add_parser("simulate", help="run a federation on this machine (in-process engine by default)")
     p_sim.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess")
+    p_sim.add_argument("--privacy-policy", default=None, metavar="FILE|DIR",
+                       help="a data owner's privacy policy (TOML) applied to every client, or a folder of "
+                            "<client-id>.toml; clients decline what it forbids (see docs/privacy-policy.md)")
     add_config_flags(p_sim)
     p_sim.set_defaults(func=cmd_simulate)
 
@@ -144,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--target-epsilon", type=float, required=True)
         p.add_argument("--accountant", choices=(*OPTION_BY_KEY["accountant"].choices, "all"),
                        default="all" if what == "epsilon" else OPTION_BY_KEY["accountant"].default)
+        p.add_argument("--neighbouring", choices=OPTION_BY_KEY["neighbouring"].choices,
+                       default=OPTION_BY_KEY["neighbouring"].default,
+                       help="neighbouring relation (replace-one: PLD only)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_privacy)
 

@@ -1,4 +1,8 @@
-"""Progress on a terminal: a bar with ETA plus one readable line per finished round (or sweep point)."""
+"""Progress on a terminal: a bar with ETA plus one readable line per finished round (or sweep point).
+
+A round of a run without a DP guarantee (its metrics row says ``"privacy": "NOT PRIVATE"``) starts with that
+stamp, in bold red, and so does the bar from then on.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 
 
 class LiveBar:
@@ -49,5 +56,21 @@ class RichReporter(LiveBar):
             return
         from dpfl.server.federation import format_round_line  # torch and Flower: not for `dpfl sweep --help`
 
-        self.console.print(format_round_line(row, self.total), highlight=False)
+        self.console.print(stamped_line(format_round_line(row, self.total), row), highlight=False)
+        if is_stamped(row) and self.progress is not None:
+            self.progress.columns[0].text_format = f"[bold red]{NOT_PRIVATE_STAMP}[/] [bold]rounds"
         self.advance()
+
+
+def is_stamped(row: Mapping[str, Any]) -> bool:
+    return row.get("privacy") == NOT_PRIVATE_STAMP
+
+
+def stamped_line(line: str, row: Mapping[str, Any]) -> Text:
+    """The round line, starting with the NOT PRIVATE stamp (in bold red) when the row carries it."""
+    text = Text(line)
+    if is_stamped(row):
+        if not line.startswith(NOT_PRIVATE_STAMP):
+            text = Text(f"{NOT_PRIVATE_STAMP} | {line}")
+        text.stylize("bold red", 0, len(NOT_PRIVATE_STAMP))
+    return text

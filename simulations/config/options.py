@@ -114,6 +114,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("delta", 0.0, "delta of the (epsilon, delta) guarantee (0: 1 / (10 x total declared records))",
            check=_open_unit_or_zero, allowed="0 (auto) or a number in (0, 1)"),
     Option("accountant", "pld", "accountant for reported epsilon", choices=("pld", "prv", "rdp")),
+    Option("neighbouring", "add-remove", "neighbouring relation of the guarantee: add-remove (one record added "
+           "or removed; the record count is each client's public declared count) or replace-one (one record "
+           "replaced; the true count is public; PLD accounting only)", choices=("add-remove", "replace-one")),
+    Option("declared-records", 0, "add-remove: the public record count N each client declares (0: the dataset's "
+           "public train size / num-clients; a data owner's privacy policy overrides it)",
+           check=lambda v: v >= 0, allowed="an integer >= 0 (0: the nominal share)"),
     Option("grad-sample-mode", "auto", "how per-sample gradients are computed (auto: the fastest exact mode "
            "measured for the model, see bench/dp_step.py)", choices=("auto", "bk", "hooks", "ghost", "functorch")),
     Option("private-metrics", False, "also send loss/accuracy on clients' private data (NOT covered by DP)"),

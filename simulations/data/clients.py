@@ -40,8 +40,8 @@ class ClientData:
     val_y: torch.Tensor
 
     @property
-    def declared_records(self) -> int:
-        """The client's public dataset size: it sets the sampling rate and the FedAvg weight."""
+    def true_records(self) -> int:
+        """How many records the client trains on: public only under replace-one adjacency."""
         return int(self.train_y.shape[0])
 
 
@@ -139,7 +139,22 @@ def load_test_set(cfg: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, t
     return ds.test_x, ds.test_y, ds.input_shape, ds.num_classes
 
 
-def declared_sizes(cfg: Mapping[str, Any]) -> list[int]:
-    """Every client's declared (public) train size, from partition sizes alone: no tensors are copied."""
+def true_sizes(cfg: Mapping[str, Any]) -> list[int]:
+    """Every client's true train size, from partition sizes alone: no tensors are copied."""
     fraction = _validation_fraction(cfg)
     return [len(p) - _num_val(len(p), fraction) for p in _partitions(_data_key(cfg))]
+
+
+def declared_sizes(cfg: Mapping[str, Any]) -> list[int]:
+    """Every client's public record count N, the one its sampling rate, steps and FedAvg weight come from.
+
+    Under replace-one adjacency the true count is public. Under add-remove it must not depend on the
+    records (a neighbour has one more or one less), so it is ``declared-records`` when set, else the
+    nominal share: the dataset's public train size divided by the number of clients. A data owner's privacy
+    policy may declare its own N; that one then applies to that client.
+    """
+    sizes = true_sizes(cfg)
+    if cfg.get("neighbouring", "add-remove") == "replace-one":
+        return sizes
+    declared = int(cfg.get("declared-records", 0)) or sum(sizes) // len(sizes)
+    return [declared] * len(sizes)

@@ -116,7 +116,8 @@ def _exit_words(code: int) -> str:
 
 def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None = None,
                       console: Console | None = None, verbose: bool = False, timeout: float = 0.0,
-                      startup_timeout: float = 90.0, client_threads: int | None = None) -> LaunchResult:
+                      startup_timeout: float = 90.0, client_threads: int | None = None,
+                      node_configs: list[dict[str, Any]] | None = None) -> LaunchResult:
     """Run ``cfg`` on a local deployed federation: a SuperLink and num-clients SuperNodes on 127.0.0.1.
 
     ``cfg`` must be validated (and preflighted) by the caller; ``run_path`` is the run directory the
@@ -153,7 +154,7 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
             nodes: dict[str, ManagedProcess] = {}
             for k in range(n):
                 name = f"client-{k}"
-                node_cfg = {"partition-id": k, "num-partitions": n}
+                node_cfg = node_configs[k] if node_configs else {"partition-id": k, "num-partitions": n}
                 nodes[name] = sup.start(
                     name, supernode_command(link_addr, node_ports[k], node_cfg, ca),
                     env={"FLWR_HOME": str(tmp / name), "OMP_NUM_THREADS": threads})

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, RecordDict
 
-from dpfl.client.app import noise_multiplier_for
 from dpfl.client.settings import ClientSettings
+from dpfl.client.terms import noise_multiplier_for
+from dpfl.privacy.owner_policy import OwnerPolicy
 from dpfl.privacy.rundata import has_metrics
 from dpfl.server.federation import FederationResult, Reporter
-from dpfl.server.rundir import RunDirectory
+from dpfl.server.rundir import RunDirectory, atomic_write_text
 from dpfl.simulations import apps
 from dpfl.simulations.config import ConfigError, RunConfig
 from dpfl.simulations.data.clients import declared_sizes, load_test_set
 from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
 
 log = logging.getLogger("dpfl")
+CLIENT_LEDGERS_FILE = "client-ledgers.json"  # {client id: path of its own ledger}, read by the report
 
 
 @dataclass
@@ -58,6 +62,39 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
     return sigmas
 
 
+def node_configs(cfg: RunConfig, privacy_policy: str | None) -> list[dict[str, Any]]:
+    """Each virtual client's own node config: its partition and, when given, its owner's privacy policy
+    (a node setting, never a run-config key: the server must not be able to change it)."""
+    n = cfg["num-clients"]
+    nodes: list[dict[str, Any]] = [{"partition-id": k, "num-partitions": n} for k in range(n)]
+    if privacy_policy:
+        where = Path(privacy_policy).expanduser().resolve()
+        for node in nodes:
+            node["privacy-policy"] = str(where)
+            if not where.is_dir():
+                node["privacy-policy-shared"] = True
+    return nodes
+
+
+def owner_policies(nodes: list[dict[str, Any]]) -> dict[str, OwnerPolicy]:
+    """Load every client's policy now, so a bad file stops the run before anything trains."""
+    out = {}
+    for node in nodes:
+        client_id = f"client-{int(node['partition-id']):03d}"
+        policy = apps.owner_policy_for(node, client_id)
+        if policy is not None:
+            out[client_id] = policy
+    return out
+
+
+def write_client_ledger_index(path: Path, policies: dict[str, OwnerPolicy]) -> None:
+    """Where each client's own ledger lives, for the report's reconciliation (client-ledgers.json)."""
+    if policies:
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path / CLIENT_LEDGERS_FILE, json.dumps(
+            {cid: str(p.ledger_path()) for cid, p in sorted(policies.items())}, indent=2))
+
+
 def worker_count(cfg: RunConfig) -> int:
     if cfg["workers"] > 0:
         return cfg["workers"]
@@ -65,12 +102,19 @@ def worker_count(cfg: RunConfig) -> int:
 
 
 def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path | None = None,
-             engine: str = "inprocess") -> SimulationOutcome:
-    """Run the same ServerApp and ClientApp as every other engine, here on one machine."""
+             engine: str = "inprocess", privacy_policy: str | None = None) -> SimulationOutcome:
+    """Run the same ServerApp and ClientApp as every other engine, here on one machine. ``privacy_policy``:
+    one owner policy file applied to every client, or a folder of ``<client-id>.toml``."""
     sigmas = preflight(cfg)
+    nodes = node_configs(cfg, privacy_policy)
+    policies = owner_policies(nodes)
+    if policies and engine == "ray":
+        raise ConfigError("--privacy-policy is not available with --engine ray (Flower's simulation sets each "
+                          "node's config itself); use the in-process engine or dpfl launch")
     path = run_path or apps.default_run_path(cfg)
     if has_metrics(path):
         raise ConfigError(f"run directory {path} already holds a run; choose another --run-name")
+    write_client_ledger_index(path, policies)
     if engine == "ray":
         from dpfl.simulations.engines.ray_engine import simulate_on_ray
 
@@ -87,7 +131,7 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
 
     serverapp = apps.make_serverapp(apps.ServerHooks(reporter=reporter, on_finish=on_finish, run_path=path))
     with InProcessGrid(client_app_ref="dpfl.simulations.apps:clientapp", run_config=cfg.as_dict(),
-                       num_nodes=cfg["num-clients"], workers=worker_count(cfg),
+                       num_nodes=cfg["num-clients"], workers=worker_count(cfg), node_configs=nodes,
                        worker_preload_ref="dpfl.simulations.apps:preload_data") as grid:
         grids.append(grid)
         grid.warm_up(wait=False)  # workers import and load data while the server sets up

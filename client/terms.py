@@ -1,0 +1,139 @@
+"""What a client agrees to release in a run, decided on its own machine from its own policy and ledger.
+
+The server's run config proposes dp, sigma (or a target epsilon), delta, accountant and relation; the
+client computes its own sigma from the schedule, checks the proposal against its owner's policy, and
+states its terms: the release one round makes, how many rounds it will take part in before a budget
+stops it, and what its records spent in earlier runs. A proposal that breaks the policy is declined
+here, before anything trains; every train instruction is checked again, since the server may change it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dpfl.client.settings import ClientSettings
+from dpfl.privacy import DpSgdRelease, Ledger, calibrate_noise, check_budget, epsilon, steps_per_round, wire
+from dpfl.privacy.owner_policy import OwnerPolicy, RunRequest, policy_violations
+
+log = logging.getLogger("dpfl.client")
+
+
+class Declined(Exception):
+    """The client will not train on this instruction; ``code`` is the wire error code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The release one round of this run makes (None: dp = false) and the numbers it rests on."""
+
+    release: DpSgdRelease | None
+    noise_multiplier: float
+    declared_records: int
+
+
+def noise_multiplier_for(settings: ClientSettings, declared: int, delta: float) -> float:
+    """sigma for this client: the configured one, or calibrated so that the client ends at target-epsilon
+    after the most rounds it may take part in (no amplification from being sampled as a client: the server
+    knows who took part)."""
+    policy = settings.policy
+    if policy.target_epsilon <= 0:
+        return settings.noise_multiplier
+    q, steps = steps_per_round(declared, settings.batch_size, settings.local_epochs)
+    return calibrate_noise(policy.target_epsilon, delta, q, steps, policy.participation_cap,
+                           accountant=policy.accountant, neighbouring=settings.neighbouring)
+
+
+def plan_round(settings: ClientSettings, owner: OwnerPolicy | None, declared: int, delta: float,
+               client_id: str) -> RoundPlan:
+    """This run's per-round release, or Declined when the owner's policy forbids the proposal."""
+    run = settings.policy
+    sigma = noise_multiplier_for(settings, declared, delta) if run.dp else 0.0
+    if owner is not None:
+        request = RunRequest(dp=run.dp, deterministic_noise=run.deterministic_noise,
+                             private_metrics=run.private_metrics or run.client_evaluation, delta=delta,
+                             accountant=run.accountant, neighbouring=settings.neighbouring, noise_multiplier=sigma,
+                             declared_records=declared)
+        broken = policy_violations(owner, request)
+        if broken:
+            raise Declined(wire.POLICY_DECLINED, f"{client_id}: declined by its privacy policy: " + "; ".join(broken))
+    if not run.dp:
+        return RoundPlan(None, 0.0, declared)
+    q, steps = steps_per_round(declared, settings.batch_size, settings.local_epochs)
+    return RoundPlan(DpSgdRelease(noise_multiplier=sigma, sample_rate=q, steps=steps), sigma, declared)
+
+
+def this_run(ledger: Ledger, run: str) -> list[DpSgdRelease]:
+    """The releases of ``run`` in a ledger that may also hold earlier runs on the same records."""
+    return [r for r, e in zip(ledger.releases, ledger.entries, strict=True) if e.get("run", run) == run]
+
+
+def _check_relation(ledger: Ledger, relation: str, client_id: str) -> None:
+    other = {str(e.get("neighbouring", "add-remove")) for e in ledger.entries} - {relation}
+    if other:
+        raise Declined(wire.POLICY_DECLINED,
+                       f"{client_id}: the ledger of these records is accounted under {', '.join(sorted(other))}; "
+                       f"this run asks {relation}: epsilons under different relations do not compose here, "
+                       "so run under the ledger's relation")
+
+
+def budget_verdict(settings: ClientSettings, owner: OwnerPolicy | None, ledger: Ledger, run: str,
+                   release: DpSgdRelease, delta: float, client_id: str) -> None:
+    """Declined when one more ``release`` would break the run's budget (this run's releases) or the owner's
+    max-epsilon (every release of these records, earlier runs included)."""
+    _check_relation(ledger, settings.neighbouring, client_id)
+    accountant, relation = settings.policy.accountant, settings.neighbouring
+    if settings.policy.budget > 0:
+        verdict = check_budget(this_run(ledger, run), release, delta, settings.policy.budget, accountant,
+                               neighbouring=relation)
+        if not verdict.allowed:
+            raise Declined(wire.BUDGET_EXHAUSTED, f"{client_id}: {verdict.reason}")
+    if owner is not None:
+        verdict = check_budget(ledger.releases, release, delta, owner.max_epsilon, accountant, neighbouring=relation)
+        if not verdict.allowed:
+            raise Declined(wire.BUDGET_EXHAUSTED, f"{client_id}: its owner's max-epsilon {owner.max_epsilon:g} over "
+                                                  f"every run on these records: {verdict.reason}")
+
+
+def max_rounds(settings: ClientSettings, owner: OwnerPolicy | None, ledger: Ledger, run: str,
+               release: DpSgdRelease | None, delta: float) -> int:
+    """How many more rounds of ``release`` this client accepts in this run (bisection on the count:
+    epsilon grows with every release)."""
+    cap = settings.policy.participation_cap - len(this_run(ledger, run))
+    if release is None or cap <= 0:
+        return max(cap, 0)
+    accountant, relation = settings.policy.accountant, settings.neighbouring
+
+    def fits(k: int) -> bool:
+        if k == 0:
+            return True
+        more = [release] * k
+        if settings.policy.budget > 0 and epsilon([*this_run(ledger, run), *more], delta, accountant,
+                                                  neighbouring=relation) > settings.policy.budget:
+            return False
+        return owner is None or epsilon([*ledger.releases, *more], delta, accountant,
+                                        neighbouring=relation) <= owner.max_epsilon
+
+    if fits(cap):
+        return cap
+    lo, hi = 0, cap  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def prior_runs(ledger: Ledger, run: str) -> tuple[str, ...]:
+    """Earlier runs on these records, in the order they first appear in the ledger."""
+    return tuple(dict.fromkeys(str(e["run"]) for e in ledger.entries if e.get("run", run) != run))
+
+
+def prior_epsilon(ledger: Ledger, run: str, delta: float, accountant: str, relation: str) -> float:
+    earlier: Sequence[DpSgdRelease] = [r for r, e in zip(ledger.releases, ledger.entries, strict=True)
+                                       if e.get("run", run) != run]
+    return epsilon(list(earlier), delta, accountant, neighbouring=relation) if earlier else 0.0
