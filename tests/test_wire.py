@@ -91,3 +91,19 @@ def test_the_clientapps_real_reply_parses_back_to_the_release_its_ledger_recorde
     assert release is not None and len(entries) == 1
     assert release.to_dict() == {k: entries[0][k] for k in release.to_dict()}
     assert release.noise_multiplier == 1.3
+
+
+def test_terms_round_trip_and_hostile_terms_are_refused() -> None:
+
+    terms = wire.ClientTerms(client_id="client-001", release=DpSgdRelease(1.2, 0.04, 25), neighbouring="add-remove",
+                             declared_records=6000, max_rounds=7, prior_epsilon=0.5, prior_runs=("runs/a", "runs/b"))
+    assert wire.read_terms(wire.terms_to_wire(terms)) == terms
+    good = wire.terms_to_wire(terms)
+    for key, value in [(wire.NEIGHBOURING, "swap-two"), (wire.MAX_ROUNDS, -1), (wire.DECLARED_RECORDS, 0),
+                       (wire.PRIOR_EPSILON, float("nan")), (wire.NOISE_MULTIPLIER, 0.0), (wire.SAMPLE_RATE, 1.5),
+                       (wire.CLIENT_ID, "")]:
+        with pytest.raises(wire.WireError, match=key):
+            wire.read_terms({**good, key: value})
+    with pytest.raises(wire.WireError, match="query"):
+        wire.read_terms_request({wire.CFG_DELTA: 1e-5})
+    assert wire.read_terms_request(wire.terms_request(1e-5, "runs/x")).delta == 1e-5

@@ -14,7 +14,7 @@ from flwr.app import Context, RecordDict
 from dpfl.client.settings import ClientSettings
 from dpfl.client.terms import noise_multiplier_for
 from dpfl.privacy.owner_policy import OwnerPolicy
-from dpfl.privacy.rundata import has_metrics
+from dpfl.privacy.rundata import CLIENT_LEDGER_INDEX, has_metrics
 from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory, atomic_write_text
 from dpfl.simulations import apps
@@ -23,7 +23,6 @@ from dpfl.simulations.data.clients import declared_sizes, load_test_set
 from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
 
 log = logging.getLogger("dpfl")
-CLIENT_LEDGERS_FILE = "client-ledgers.json"  # {client id: path of its own ledger}, read by the report
 
 
 @dataclass
@@ -91,7 +90,7 @@ def write_client_ledger_index(path: Path, policies: dict[str, OwnerPolicy]) -> N
     """Where each client's own ledger lives, for the report's reconciliation (client-ledgers.json)."""
     if policies:
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / CLIENT_LEDGERS_FILE, json.dumps(
+        atomic_write_text(path / CLIENT_LEDGER_INDEX, json.dumps(
             {cid: str(p.ledger_path()) for cid, p in sorted(policies.items())}, indent=2))
 
 
