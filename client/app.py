@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from dpfl.client.terms import Declined, budget_verdict, max_rounds, plan_round, 
 from dpfl.client.training import train_locally
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
-from dpfl.privacy import DpSgdRelease, Ledger, epsilon, wire
+from dpfl.privacy import Ledger, epsilon, wire
 from dpfl.privacy.owner_policy import OwnerPolicy
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 
@@ -75,6 +75,9 @@ def _entry_fields(s: ClientSetup, run_path: str) -> dict[str, object]:
                                  "declared_records": s.declared_records}
     if s.owner_policy is not None:
         fields["data_source"] = s.owner_policy.data_source
+    # which generator drew this release's noise and batches (docs/noise.md): the guarantee assumes neither
+    # can be predicted, so the owner's ledger says which it was
+    fields["randomness"] = "torch-mt19937-seeded" if s.settings.policy.deterministic_noise else "aes-256-ctr"
     if s.settings.policy.not_private:
         fields["privacy"] = NOT_PRIVATE_STAMP
     return fields
@@ -96,12 +99,12 @@ def build_client_app(setup: SetupFn) -> ClientApp:
         run_path, delta = request.run_path, request.delta
         try:
             ledger = _open_ledger(s, context, run_path)
-            plan = plan_round(s.settings, s.owner_policy, s.declared_records, delta, s.client_id)
+            per_round = plan_round(s.settings, s.owner_policy, s.declared_records, delta, s.client_id)
             accountant, relation = s.settings.policy.accountant, s.settings.neighbouring
             terms = wire.ClientTerms(
-                client_id=s.client_id, release=plan.release, neighbouring=relation,
+                client_id=s.client_id, release=per_round, neighbouring=relation,
                 declared_records=s.declared_records,
-                max_rounds=max_rounds(s.settings, s.owner_policy, ledger, run_path, plan.release, delta),
+                max_rounds=max_rounds(s.settings, s.owner_policy, ledger, run_path, per_round, delta),
                 prior_epsilon=prior_epsilon(ledger, run_path, delta, accountant, relation),
                 prior_runs=prior_runs(ledger, run_path))
         except Declined as exc:
@@ -116,11 +119,9 @@ def build_client_app(setup: SetupFn) -> ClientApp:
         server_round, delta, run_path = instruction.server_round, instruction.delta, instruction.run_path
         try:
             ledger = _open_ledger(s, context, run_path)
-            plan = plan_round(cfg, s.owner_policy, s.declared_records, delta, s.client_id)
-            release = None
-            if plan.release is not None:
-                release = DpSgdRelease(plan.noise_multiplier, plan.release.sample_rate, plan.release.steps,
-                                       round=server_round)
+            per_round = plan_round(cfg, s.owner_policy, s.declared_records, delta, s.client_id)
+            release = None if per_round is None else replace(per_round, round=server_round)
+            if release is not None:
                 budget_verdict(cfg, s.owner_policy, ledger, run_path, release, delta, s.client_id)
         except Declined as exc:
             return _declined(exc, msg)
@@ -131,9 +132,10 @@ def build_client_app(setup: SetupFn) -> ClientApp:
         sampling_gen, noise_gen = dp_generators(
             deterministic=cfg.policy.deterministic_noise, seed=cfg.seed,
             partition_id=s.partition_id, server_round=server_round, device=device)
-        outcome = train_locally(model, s.train_x, s.train_y, cfg.train_settings(plan.noise_multiplier),
-                                declared_records=s.declared_records,
-                                sampling_generator=sampling_gen, noise_generator=noise_gen, device=device)
+        sigma = release.noise_multiplier if release is not None else 0.0
+        outcome = train_locally(model, s.train_x, s.train_y, cfg.train_settings(sigma),
+                                declared_records=s.declared_records, sampling_generator=sampling_gen,
+                                noise_generator=noise_gen, device=device)
 
         eps = 0.0
         if release is not None:

@@ -10,11 +10,9 @@ here, before anything trains; every train instruction is checked again, since th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from dpfl.client.settings import ClientSettings
-from dpfl.privacy import DpSgdRelease, Ledger, calibrate_noise, check_budget, epsilon, steps_per_round, wire
+from dpfl.privacy import DpSgdRelease, Ledger, Release, calibrate_noise, check_budget, epsilon, steps_per_round, wire
 from dpfl.privacy.owner_policy import OwnerPolicy, RunRequest, policy_violations
 
 log = logging.getLogger("dpfl.client")
@@ -26,15 +24,6 @@ class Declined(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """The release one round of this run makes (None: dp = false) and the numbers it rests on."""
-
-    release: DpSgdRelease | None
-    noise_multiplier: float
-    declared_records: int
 
 
 def noise_multiplier_for(settings: ClientSettings, declared: int, delta: float) -> float:
@@ -50,8 +39,9 @@ def noise_multiplier_for(settings: ClientSettings, declared: int, delta: float) 
 
 
 def plan_round(settings: ClientSettings, owner: OwnerPolicy | None, declared: int, delta: float,
-               client_id: str) -> RoundPlan:
-    """This run's per-round release, or Declined when the owner's policy forbids the proposal."""
+               client_id: str) -> DpSgdRelease | None:
+    """This run's per-round release (None: dp = false), or Declined when the owner's policy forbids the
+    proposal."""
     run = settings.policy
     sigma = noise_multiplier_for(settings, declared, delta) if run.dp else 0.0
     if owner is not None:
@@ -63,14 +53,19 @@ def plan_round(settings: ClientSettings, owner: OwnerPolicy | None, declared: in
         if broken:
             raise Declined(wire.POLICY_DECLINED, f"{client_id}: declined by its privacy policy: " + "; ".join(broken))
     if not run.dp:
-        return RoundPlan(None, 0.0, declared)
+        return None
     q, steps = steps_per_round(declared, settings.batch_size, settings.local_epochs)
-    return RoundPlan(DpSgdRelease(noise_multiplier=sigma, sample_rate=q, steps=steps), sigma, declared)
+    return DpSgdRelease(noise_multiplier=sigma, sample_rate=q, steps=steps)
 
 
-def this_run(ledger: Ledger, run: str) -> list[DpSgdRelease]:
-    """The releases of ``run`` in a ledger that may also hold earlier runs on the same records."""
-    return [r for r, e in zip(ledger.releases, ledger.entries, strict=True) if e.get("run", run) == run]
+def split_by_run(ledger: Ledger, run: str) -> tuple[list[Release], list[Release]]:
+    """(releases of ``run``, releases of earlier runs) in a ledger that may hold both; an entry without a
+    run counts as this run's."""
+    mine: list[Release] = []
+    earlier: list[Release] = []
+    for release, entry in zip(ledger.releases, ledger.entries, strict=True):
+        (mine if entry.get("run", run) == run else earlier).append(release)
+    return mine, earlier
 
 
 def _check_relation(ledger: Ledger, relation: str, client_id: str) -> None:
@@ -89,7 +84,7 @@ def budget_verdict(settings: ClientSettings, owner: OwnerPolicy | None, ledger: 
     _check_relation(ledger, settings.neighbouring, client_id)
     accountant, relation = settings.policy.accountant, settings.neighbouring
     if settings.policy.budget > 0:
-        verdict = check_budget(this_run(ledger, run), release, delta, settings.policy.budget, accountant,
+        verdict = check_budget(split_by_run(ledger, run)[0], release, delta, settings.policy.budget, accountant,
                                neighbouring=relation)
         if not verdict.allowed:
             raise Declined(wire.BUDGET_EXHAUSTED, f"{client_id}: {verdict.reason}")
@@ -104,7 +99,9 @@ def max_rounds(settings: ClientSettings, owner: OwnerPolicy | None, ledger: Ledg
                release: DpSgdRelease | None, delta: float) -> int:
     """How many more rounds of ``release`` this client accepts in this run (bisection on the count:
     epsilon grows with every release)."""
-    cap = settings.policy.participation_cap - len(this_run(ledger, run))
+    mine, _ = split_by_run(ledger, run)
+    everything = ledger.releases
+    cap = settings.policy.participation_cap - len(mine)
     if release is None or cap <= 0:
         return max(cap, 0)
     accountant, relation = settings.policy.accountant, settings.neighbouring
@@ -113,10 +110,10 @@ def max_rounds(settings: ClientSettings, owner: OwnerPolicy | None, ledger: Ledg
         if k == 0:
             return True
         more = [release] * k
-        if settings.policy.budget > 0 and epsilon([*this_run(ledger, run), *more], delta, accountant,
+        if settings.policy.budget > 0 and epsilon([*mine, *more], delta, accountant,
                                                   neighbouring=relation) > settings.policy.budget:
             return False
-        return owner is None or epsilon([*ledger.releases, *more], delta, accountant,
+        return owner is None or epsilon([*everything, *more], delta, accountant,
                                         neighbouring=relation) <= owner.max_epsilon
 
     if fits(cap):
@@ -134,6 +131,5 @@ def prior_runs(ledger: Ledger, run: str) -> tuple[str, ...]:
 
 
 def prior_epsilon(ledger: Ledger, run: str, delta: float, accountant: str, relation: str) -> float:
-    earlier: Sequence[DpSgdRelease] = [r for r, e in zip(ledger.releases, ledger.entries, strict=True)
-                                       if e.get("run", run) != run]
-    return epsilon(list(earlier), delta, accountant, neighbouring=relation) if earlier else 0.0
+    _, earlier = split_by_run(ledger, run)
+    return epsilon(earlier, delta, accountant, neighbouring=relation) if earlier else 0.0

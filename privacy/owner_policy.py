@@ -139,9 +139,10 @@ class OwnerPolicy:
         return self.state_dir / f"{self.data_source}.jsonl"
 
 
-def load_owner_policies(path: str | Path, client_ids: Sequence[str]) -> dict[str, OwnerPolicy]:
-    """One file for every client (each gets its own data source, suffixed by the client id), or a folder
-    with ``<client-id>.toml`` per client; a client without a file in the folder is an error."""
+def load_owner_policies(path: str | Path, client_ids: Sequence[str], *, shared: bool = True) -> dict[str, OwnerPolicy]:
+    """A folder with ``<client-id>.toml`` per client (a client without a file is an error), or one file: with
+    ``shared`` (a simulation applying it to every client) each client gets its own data source, suffixed by
+    its client id; without, the file is that one owner's, as written."""
     p = Path(path).expanduser()
     if p.is_dir():
         missing = [cid for cid in client_ids if not (p / f"{cid}.toml").is_file()]
@@ -149,8 +150,8 @@ def load_owner_policies(path: str | Path, client_ids: Sequence[str]) -> dict[str
             raise OwnerPolicyError(f"privacy policy folder {p} has no file for {', '.join(missing)}; add "
                                    f"<client-id>.toml for each client (e.g. {missing[0]}.toml)")
         return {cid: OwnerPolicy.load(p / f"{cid}.toml") for cid in client_ids}
-    shared = OwnerPolicy.load(p)
-    return {cid: _for_client(shared, cid) for cid in client_ids}
+    policy = OwnerPolicy.load(p)
+    return {cid: _for_client(policy, cid) if shared else policy for cid in client_ids}
 
 
 def _for_client(shared: OwnerPolicy, client_id: str) -> OwnerPolicy:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dpfl.privacy.releases import DpSgdRelease
@@ -146,8 +146,7 @@ def read_terms(values: Mapping[str, Any]) -> ClientTerms:
     runs = values.get(PRIOR_RUNS, "")
     if not isinstance(runs, str):
         raise WireError(f"{where}: {PRIOR_RUNS}={runs!r} is not valid: expected text")
-    return ClientTerms(client_id=client_id, release=None if release is None else DpSgdRelease(
-                           release.noise_multiplier, release.sample_rate, release.steps),
+    return ClientTerms(client_id=client_id, release=None if release is None else replace(release, round=0),
                        neighbouring=str(relation), declared_records=_integer(values, DECLARED_RECORDS, where, 1),
                        max_rounds=_integer(values, MAX_ROUNDS, where, 0), prior_epsilon=prior,
                        prior_runs=tuple(r for r in runs.split("\n") if r))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dpfl.privacy import DpSgdRelease, Ledger, check_budget, epsilon, release_from_dict
@@ -122,8 +122,7 @@ class Roster:
             st.status = "active"
         if st.terms.release is None:
             return None
-        t = st.terms.release
-        release = DpSgdRelease(t.noise_multiplier, t.sample_rate, t.steps, round=server_round)
+        release = replace(st.terms.release, round=server_round)
         ledger = self.ledgers[client_id]
         eps = epsilon([*ledger.releases, release], self.delta, self.accountant, neighbouring=self.neighbouring)
         ledger.append(release, delta=self.delta, accountant=self.accountant, epsilon=eps, client=client_id,

@@ -71,17 +71,14 @@ def owner_policy_for(node: dict[str, Any], client_id: str) -> OwnerPolicy | None
     if not where:
         return None
     try:
-        path = Path(where)
-        if path.is_dir():
-            return _load_policy(str(path / f"{client_id}.toml"), "")
-        return _load_policy(str(path), client_id if node.get("privacy-policy-shared") else "")
+        return _load_policy(where, client_id, bool(node.get("privacy-policy-shared")))
     except OwnerPolicyError as exc:
         raise ConfigError(str(exc)) from None
 
 
 @lru_cache(maxsize=256)
-def _load_policy(path: str, suffix_for: str) -> OwnerPolicy:
-    return load_owner_policies(path, [suffix_for])[suffix_for] if suffix_for else OwnerPolicy.load(path)
+def _load_policy(path: str, client_id: str, shared: bool) -> OwnerPolicy:
+    return load_owner_policies(path, [client_id], shared=shared)[client_id]
 
 
 def preload_data(run_config: dict[str, Any]) -> None:
@@ -91,6 +88,11 @@ def preload_data(run_config: dict[str, Any]) -> None:
     values = cfg.as_dict()
     declared_sizes(values)
     load_test_set(values)
+
+
+def default_client_id(partition_id: int) -> str:
+    """A client's name when its node config gives none: stable across runs, so its ledgers line up."""
+    return f"client-{partition_id:03d}"
 
 
 def client_setup(context: Context) -> ClientSetup:
@@ -103,7 +105,7 @@ def client_setup(context: Context) -> ClientSetup:
                           f"{cfg['num-clients']}; start the federation with as many clients as num-clients")
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id={partition_id} is not valid: expected 0..{num_partitions - 1}")
-    client_id = str(node.get("client-id", f"client-{partition_id:03d}"))
+    client_id = str(node.get("client-id", default_client_id(partition_id)))
     # A SuperNode on its own machine names its local data and ledger directories (`dpfl client --data-dir
     # --state-dir`): they override the run config's for this client only.
     local = {key: str(node[key]) for key in ("data-dir", "state-dir") if str(node.get(key, ""))}

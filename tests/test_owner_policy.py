@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dp_accounting
 import pytest
+from independent_accounting import independent_pld_epsilon
 
 from dpfl.privacy.owner_policy import OwnerPolicy, OwnerPolicyError, RunRequest, policy_violations
 from dpfl.simulations.config import resolve
@@ -31,17 +31,6 @@ def run(tmp_path: Path, name: str, policy: Path | None = None, **overrides):
 
 def entries(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def dp_accounting_epsilon(rows: list[dict], delta: float, relation: str = "add-remove") -> float:
-    neighbouring = (dp_accounting.NeighboringRelation.REPLACE_ONE if relation == "replace-one"
-                    else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
-    acc = dp_accounting.pld.PLDAccountant(neighboring_relation=neighbouring, value_discretization_interval=1e-4)
-    for e in rows:
-        acc.compose(dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(e["sample_rate"], dp_accounting.GaussianDpEvent(e["noise_multiplier"])),
-            e["steps"]))
-    return acc.get_epsilon(delta)
 
 
 # -- the policy file ---------------------------------------------------------------------------------------
@@ -97,8 +86,8 @@ def test_a_second_run_on_the_same_records_starts_from_the_first_and_the_budget_s
     eps_first = after_first[-1]["epsilon"]
 
     # a budget that covers the first run and one more round, not two
-    second_eps = dp_accounting_epsilon([*after_first, after_first[-1]], 1e-5)
-    third_eps = dp_accounting_epsilon([*after_first, after_first[-1], after_first[-1]], 1e-5)
+    second_eps = independent_pld_epsilon([*after_first, after_first[-1]], 1e-5)
+    third_eps = independent_pld_epsilon([*after_first, after_first[-1], after_first[-1]], 1e-5)
     tight = write_policy(tmp_path / "tight.toml", state, **{"max-epsilon": (second_eps + third_eps) / 2})
     second = run(tmp_path, "second", tight)
     rows = entries(ledger_file)
@@ -134,7 +123,10 @@ def test_the_ledgers_epsilon_is_dp_accountings_under_the_stated_relation(tmp_pat
     for path in (out.run_path / "ledgers").glob("*.jsonl"):
         rows = entries(path)
         assert {e["neighbouring"] for e in rows} == {relation}
-        assert rows[-1]["epsilon"] == pytest.approx(dp_accounting_epsilon(rows, 1e-5, relation), rel=0.01)
+        assert rows[-1]["epsilon"] == pytest.approx(independent_pld_epsilon(rows, 1e-5, relation), rel=0.01)
+    for path in (out.run_path / "client-state").glob("*.jsonl"):  # secure randomness is the default
+        assert {e["randomness"] for e in entries(path)} == {"aes-256-ctr"}
+    assert "AES-256-CTR" in (out.run_path / "report" / "report.md").read_text(encoding="utf-8")
     if relation == "add-remove":  # the public N is the nominal share, the same for every client
         assert len({entries(p)[0]["declared_records"] for p in (out.run_path / "ledgers").glob("*.jsonl")}) == 1
 
@@ -144,9 +136,12 @@ def test_not_private_is_stamped_in_every_output_of_a_deterministic_noise_run(tmp
     stamp = "NOT PRIVATE"
     files = [out.run_path / "metrics.jsonl", out.run_path / "summary.json",
              *(out.run_path / "ledgers").glob("*.jsonl"), *(out.run_path / "client-state").glob("*.jsonl"),
-             *[p for p in out.run_path.glob("report.*")]]
-    assert len(files) >= 8
+             *(out.run_path / "report").glob("report.*")]
+    assert {p.name for p in files} >= {"report.md", "report.html", "report.json"} and len(files) >= 8
     for path in files:
         assert stamp in path.read_text(encoding="utf-8"), f"{path.name} lacks the NOT PRIVATE stamp"
     for line in (out.run_path / "metrics.jsonl").read_text().splitlines():
         assert json.loads(line)["privacy"] == stamp
+    for path in (out.run_path / "client-state").glob("*.jsonl"):  # the owner's ledger names the generator
+        assert {e["randomness"] for e in entries(path)} == {"torch-mt19937-seeded"}
+    assert "Mersenne Twister" in (out.run_path / "report" / "report.md").read_text(encoding="utf-8")

@@ -8,6 +8,7 @@ from pathlib import Path
 import dp_accounting
 import pytest
 import torch
+from independent_accounting import independent_pld_epsilon
 from opacus.accountants.analysis import rdp as opacus_rdp
 
 from dpfl.simulations.config import resolve
@@ -39,15 +40,6 @@ def independent_rdp_epsilon(entries: list[dict], delta: float) -> float:
             dp_accounting.PoissonSampledDpEvent(e["sample_rate"], dp_accounting.GaussianDpEvent(e["noise_multiplier"])),
             e["steps"]))
     return max(float(eps_opacus), acc.get_epsilon(delta))
-
-
-def independent_pld_epsilon(entries: list[dict], delta: float) -> float:
-    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
-    for e in entries:
-        acc.compose(dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(e["sample_rate"], dp_accounting.GaussianDpEvent(e["noise_multiplier"])),
-            e["steps"]))
-    return acc.get_epsilon(delta)
 
 
 def test_digits_learns_and_writes_the_run_directory(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
            f"deviation sigma x C (sigma = noise multiplier{sigma_text}; the ledgers hold the sigma actually "
            "used) before the model update leaves the client. The server only sees noised updates, so the "
            "global model and the server-side test metrics (public test data) are covered by the same "
-           "guarantee.")
+           "guarantee. " + _randomness_text(cfg))
     return {
         "dp": dp,
         "not_private": not_private,
@@ -117,6 +117,17 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
         "parameters": {k: cfg[k] for k in PARAMETER_KEYS if k in cfg},
         "resolved": run.resolved,
     }
+
+
+def _randomness_text(cfg: dict[str, Any]) -> str:
+    """Which generator drew the noise and the Poisson batches (docs/noise.md): the report names it because
+    the guarantee assumes nobody can predict either."""
+    if _flag(cfg, "deterministic-noise"):
+        return ("Noise and sampling came from torch's Mersenne Twister seeded from the run's seed "
+                "(deterministic-noise = true): predictable, NOT PRIVATE.")
+    return ("Noise and sampling came from AES-256-CTR keyed with os.urandom, a fresh key per client, round "
+            "and source (client/secure_random.py); floating-point and timing attacks on the noise are not "
+            "defended (docs/noise.md).")
 
 
 def _banner(run: RunData, not_private: bool) -> dict[str, Any] | None:

@@ -54,7 +54,7 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
         client_settings = ClientSettings.from_config(values)
         for k, n in enumerate(sizes):  # the clients' own calibration (cached), so the printed sigma is theirs
             try:
-                sigmas[f"client-{k:03d}"] = noise_multiplier_for(client_settings, n, delta)
+                sigmas[apps.default_client_id(k)] = noise_multiplier_for(client_settings, n, delta)
             except ValueError as exc:
                 raise ConfigError(f"target-epsilon={cfg['target-epsilon']} cannot be reached for client {k} "
                                   f"({n} records): {exc}") from None
@@ -79,7 +79,7 @@ def owner_policies(nodes: list[dict[str, Any]]) -> dict[str, OwnerPolicy]:
     """Load every client's policy now, so a bad file stops the run before anything trains."""
     out = {}
     for node in nodes:
-        client_id = f"client-{int(node['partition-id']):03d}"
+        client_id = apps.default_client_id(int(node["partition-id"]))
         policy = apps.owner_policy_for(node, client_id)
         if policy is not None:
             out[client_id] = policy
