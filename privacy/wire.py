@@ -51,10 +51,18 @@ NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 STEPS = "steps"
 PARTITION_ID = "partition-id"
+TRAIN_LOSS = "train-loss"  # private metrics: only with private-metrics = true (not covered by DP)
+TRAIN_EXAMPLES_SEEN = "train-examples-seen"
 # Keys in a train reply's release ConfigRecord.
 CLIENT_ID = "client-id"
 MECHANISM = "mechanism"
 NO_MECHANISM = "none"  # dp=false: the reply carries no DP release
+
+# The train reply's schema: exactly these records, metric keys and release keys (the server rejects others).
+TRAIN_REPLY_RECORDS = (ARRAYS, METRICS, RELEASE)
+TRAIN_METRICS = (NUM_EXAMPLES, EPSILON, SAMPLE_RATE, STEPS, NOISE_MULTIPLIER, PARTITION_ID)
+TRAIN_PRIVATE_METRICS = (TRAIN_LOSS, TRAIN_EXAMPLES_SEEN)  # optional, together
+RELEASE_FIELDS = (CLIENT_ID, MECHANISM)
 
 
 class WireError(ValueError):
@@ -186,3 +194,42 @@ def release_from_wire(metrics: Mapping[str, Any], info: Mapping[str, Any],
         raise WireError(f"{where}: {SAMPLE_RATE}={q!r} is not valid: expected a number in (0, 1]")
     steps = _integer(metrics, STEPS, where, 1)
     return client_id, DpSgdRelease(noise_multiplier=sigma, sample_rate=q, steps=steps, round=server_round)
+
+
+def check_train_reply_fields(metrics: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """A train reply's metrics and release record hold exactly ``TRAIN_METRICS`` (plus, together, the
+    ``TRAIN_PRIVATE_METRICS``) and ``RELEASE_FIELDS``, each of its type; WireError names the first bad key.
+
+    Values are only typed here (finite numbers, integers where counted, text); whether they are the
+    release the server charged and the weight it knows is the server's comparison (server/roster.py)."""
+    where = "train reply"
+    keys = set(metrics.keys())
+    allowed = set(TRAIN_METRICS) | set(TRAIN_PRIVATE_METRICS)
+    missing = [k for k in TRAIN_METRICS if k not in keys]
+    if missing:
+        raise WireError(f"{where}: metric {missing[0]!r} is missing")
+    extra = sorted(str(k) for k in keys - allowed)
+    if extra:
+        raise WireError(f"{where}: metric {extra[0][:60]!r} is not part of the reply schema")
+    private = [k for k in TRAIN_PRIVATE_METRICS if k in keys]
+    if private and len(private) != len(TRAIN_PRIVATE_METRICS):
+        absent = next(k for k in TRAIN_PRIVATE_METRICS if k not in keys)
+        raise WireError(f"{where}: metric {absent!r} is missing (private metrics come together)")
+    for key in (*TRAIN_METRICS, *private):
+        _number(metrics, key, where)
+    _integer(metrics, NUM_EXAMPLES, where, 1)
+    _integer(metrics, STEPS, where, 1)
+    _integer(metrics, PARTITION_ID, where, 0)
+    if _number(metrics, EPSILON, where) < 0:
+        raise WireError(f"{where}: {EPSILON}={metrics[EPSILON]!r} is not valid: expected a number >= 0")
+    if TRAIN_EXAMPLES_SEEN in metrics:
+        _integer(metrics, TRAIN_EXAMPLES_SEEN, where, 0)
+    fields = set(info.keys())
+    for key in RELEASE_FIELDS:
+        if key not in fields:
+            raise WireError(f"{where}: release field {key!r} is missing")
+        if not isinstance(info[key], str):
+            raise WireError(f"{where}: {key}={info[key]!r} is not valid: expected text")
+    extra = sorted(str(k) for k in fields - set(RELEASE_FIELDS))
+    if extra:
+        raise WireError(f"{where}: release field {extra[0][:60]!r} is not part of the reply schema")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dpfl.privacy import DpSgdRelease, Ledger, check_budget, epsilon, release_from_dict
-from dpfl.privacy.wire import ClientTerms, WireError
+from dpfl.privacy.wire import NO_MECHANISM, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS, ClientTerms, WireError
 
 log = logging.getLogger("dpfl.server")
 
@@ -78,7 +78,9 @@ class Roster:
         return st
 
     def record_policy_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str) -> str:
-        client_id = client_id or self.node_to_client.get(node_id) or f"node-{node_id}"
+        """A policy decline. A node already bound keeps its identity: its reason text cannot decline for
+        another client (before terms, the text is all there is to name it by)."""
+        client_id = self.node_to_client.get(node_id) or client_id or f"node-{node_id}"
         st = self.bind(node_id, client_id)
         st.status, st.reason = "declined (policy)", reason
         st.events.append({"round": server_round, "event": "declined (policy)", "reason": reason})
@@ -113,42 +115,67 @@ class Roster:
     # -- events -------------------------------------------------------------------------------
     def charge(self, node_id: int, server_round: int) -> DpSgdRelease | None:
         """Charge the client on ``node_id`` for this round's release, durably, before the instruction is
-        sent; returns the release charged (None: dp = false, nothing to account)."""
+        sent; returns the release charged (None: dp = false, nothing to account).
+
+        All or nothing: epsilon is computed and the ledger line written before any in-memory state changes,
+        so a failure (a full disk, an accountant error) leaves the client exactly as it was, unsent."""
         client_id = self.node_to_client[node_id]
         st = self.clients[client_id]
         assert st.terms is not None, "only clients with terms are sampled"
+        release = None if st.terms.release is None else replace(st.terms.release, round=server_round)
+        eps = st.epsilon
+        if release is not None:
+            ledger = self.ledgers[client_id]
+            eps = epsilon([*ledger.releases, release], self.delta, self.accountant, neighbouring=self.neighbouring)
+            ledger.append(release, delta=self.delta, accountant=self.accountant, epsilon=eps, client=client_id,
+                          run=self.run, neighbouring=self.neighbouring, declared_records=st.terms.declared_records,
+                          charged="at-send", **self.entry_fields)
         st.participations += 1
         if st.status == "dropped":
             st.status = "active"
-        if st.terms.release is None:
-            return None
-        release = replace(st.terms.release, round=server_round)
-        ledger = self.ledgers[client_id]
-        eps = epsilon([*ledger.releases, release], self.delta, self.accountant, neighbouring=self.neighbouring)
-        ledger.append(release, delta=self.delta, accountant=self.accountant, epsilon=eps, client=client_id,
-                      run=self.run, neighbouring=self.neighbouring, declared_records=st.terms.declared_records,
-                      charged="at-send", **self.entry_fields)
-        st.epsilon, st.last_release = eps, release
+        if release is not None:
+            st.epsilon, st.last_release = eps, release
         return release
 
     def check_reply(self, node_id: int, client_id: str, release: DpSgdRelease | None) -> None:
         """A reply must come from the client charged and describe the release charged; WireError if not
-        (the update is then discarded; the charge stands)."""
+        (the update is then discarded; the charge stands). The identity is the node's, bound when its terms
+        were received: a reply naming another client is refused, never booked on that client's ledger."""
         expected = self.node_to_client.get(node_id)
-        if client_id != expected:
+        if expected is None or client_id != expected:
             raise WireError(f"train reply: client-id={client_id!r} but node {node_id} stated terms as {expected!r}")
         charged = self.clients[client_id].last_release
-        if (release is None) != (charged is None) or (release is not None and charged is not None and not (
-                math.isclose(release.noise_multiplier, charged.noise_multiplier, rel_tol=1e-12)
-                and math.isclose(release.sample_rate, charged.sample_rate, rel_tol=1e-12)
-                and release.steps == charged.steps)):
-            raise WireError(f"train reply: {client_id} describes release {release} but its terms were {charged}")
+        if release is None and charged is not None:
+            raise WireError(f"train reply: mechanism={NO_MECHANISM!r} but {client_id} was charged a "
+                            f"{charged.mechanism} release this round")
+        if release is not None and charged is None:
+            raise WireError(f"train reply: mechanism={release.mechanism!r} but {client_id} trains without DP "
+                            "in this run (its terms announced no release)")
+        if release is None or charged is None:
+            return
+        for key, got, want in ((NOISE_MULTIPLIER, release.noise_multiplier, charged.noise_multiplier),
+                               (SAMPLE_RATE, release.sample_rate, charged.sample_rate)):
+            if not math.isclose(got, want, rel_tol=1e-12):
+                raise WireError(f"train reply: {key}={got!r} but {client_id} was charged {key}={want!r}")
+        if release.steps != charged.steps:
+            raise WireError(f"train reply: {STEPS}={release.steps!r} but {client_id} was charged "
+                            f"{STEPS}={charged.steps!r}")
 
-    def record_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str) -> None:
-        client_id = client_id or self.node_to_client.get(node_id) or f"node-{node_id}"
+    def aggregation_weight(self, node_id: int, mode: str) -> float:
+        """What the server itself knows to weigh this client by: its declared records from its terms
+        (``mode`` "declared") or 1 ("uniform"); never a number a reply states."""
+        st = self.clients[self.node_to_client[node_id]]
+        if mode == "uniform" or st.terms is None:
+            return 1.0
+        return float(st.terms.declared_records)
+
+    def record_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str) -> str:
+        """A budget decline. A node bound to a client keeps that identity whatever its reason text names."""
+        client_id = self.node_to_client.get(node_id) or client_id or f"node-{node_id}"
         st = self.bind(node_id, client_id)
         st.status, st.reason = "exhausted", reason
         st.events.append({"round": server_round, "event": "declined (budget)", "reason": reason})
+        return client_id
 
     def record_drop(self, node_id: int, server_round: int, reason: str) -> str:
         client_id = self.node_to_client.get(node_id, f"node-{node_id}")

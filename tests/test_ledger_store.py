@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from dpfl.client.ledger_store import LedgerConflictError, load_ledger, remember
-from dpfl.privacy import DpSgdRelease, Ledger
+from dpfl.privacy import DpSgdRelease, Ledger, epsilon
 
 
 def _context() -> Context:
@@ -16,7 +16,8 @@ def _context() -> Context:
 
 
 def _pay(ledger: Ledger, r: int) -> None:
-    ledger.append(DpSgdRelease(1.0, 0.01, 100, round=r), delta=1e-5, accountant="pld", epsilon=0.1 * r)
+    release = DpSgdRelease(1.0, 0.01, 100, round=r)  # the epsilon as the ClientApp writes it (re-derived on load)
+    ledger.append(release, delta=1e-5, accountant="pld", epsilon=epsilon([*ledger.releases, release], 1e-5))
 
 
 def test_deleted_disk_copy_is_restored_from_memory(tmp_path: Path) -> None:
@@ -53,8 +54,15 @@ def test_disagreeing_copies_refuse_to_train(tmp_path: Path) -> None:
     _pay(other, 9)
     memory_longer = _context()
     remember(memory_longer, other)
-    Ledger.load(path)  # empty file: a prefix of anything, so it is restored from memory
-    assert len(load_ledger(memory_longer, path)) == 3
+    Ledger.load(path)  # empty file: a prefix of anything, ...
+    with pytest.raises(LedgerConflictError, match="empty"):  # ... but the state index says it held round 1
+        load_ledger(memory_longer, path)
+    _pay(ledger, 2)
+    _pay(ledger, 3)
+    path.write_text("")
+    faithful = _context()
+    remember(faithful, ledger)  # a copy that extends what the index recorded: restored from memory
+    assert len(load_ledger(faithful, path)) == 3 and Ledger.load(path) == ledger
 
 
 def test_shorter_disk_copy_that_disagrees_is_not_overwritten(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,9 +41,14 @@ def test_append_reload_equality(tmp_path: Path) -> None:
     assert again == ledger and again.entries == ledger.entries and again.releases == releases
     assert path.read_text() == ledger.to_jsonl() == Ledger.from_jsonl(path.read_text()).to_jsonl()
     first = json.loads(path.read_text().splitlines()[0])
-    assert first == {"round": 1, "mechanism": "dp-sgd", "noise_multiplier": 1.0, "sample_rate": 0.05,
-                     "steps": 20, "delta": DELTA, "accountant": "pld",
-                     "epsilon": epsilon(releases[:1], DELTA), "client": "c-1"}
+    body = {"round": 1, "mechanism": "dp-sgd", "noise_multiplier": 1.0, "sample_rate": 0.05,
+            "steps": 20, "delta": DELTA, "accountant": "pld",
+            "epsilon": epsilon(releases[:1], DELTA), "client": "c-1",
+            "prev_hash": hashlib.sha256(b"dpfl-ledger-chain-v1").hexdigest()}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert first == {**body, "hash": digest}  # SHA-256 of the canonical JSON without "hash", chained
+    second = json.loads(path.read_text().splitlines()[1])
+    assert second["prev_hash"] == digest and again.head == json.loads(path.read_text().splitlines()[2])["hash"]
     eps = [e["epsilon"] for e in again.entries]
     assert eps == sorted(eps) and eps[-1] == epsilon(again.releases, DELTA)
     assert not [p for p in path.parent.iterdir() if p.name != path.name]  # no temp files left behind
