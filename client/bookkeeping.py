@@ -69,6 +69,18 @@ def _supported_reason(module: nn.Module) -> str | None:
     return f"layer type {type(module).__name__}"
 
 
+def unsupported_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer name, why) for every trainable layer book-keeping cannot clip exactly; empty when it can
+    (statically: layer reuse and in-place changes of a layer's output are only seen in a forward pass)."""
+    found = []
+    for name, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            reason = _supported_reason(module)
+            if reason is not None:
+                found.append((name or type(module).__name__, reason))
+    return found
+
+
 def _trainable_leaves(model: nn.Module) -> list[nn.Module]:
     """Modules that own trainable parameters directly; each must be supported."""
     leaves = []

@@ -1,4 +1,4 @@
-"""Which Opacus grad-sample mode to use for a zoo model when the config says ``grad-sample-mode = "auto"``.
+"""Which grad-sample mode to use for a model when the config says ``grad-sample-mode = "auto"``, and why.
 
 Every mode offered by client.training computes the same clipped gradient (bench/dp_step.py checks each
 against a per-sample loop: relative error <= 2e-15 in float64, <= 1e-6 in float32), so the choice is
@@ -6,15 +6,28 @@ only about speed, and the fastest mode depends on the model: book-keeping ("bk")
 backward pass and never materialises per-sample gradients of Linear layers (a 784 x 128 layer at batch
 256 is 25 M floats per step), but supports only Linear, Conv2d and GroupNorm layers; Opacus' hooks
 support every layer Opacus knows.
+
+A zoo model gets its measured fastest mode (``FASTEST_MODE``). Any other model (a plug-in, see
+models.plugins) gets "bk" when book-keeping supports every trainable layer (client.bookkeeping
+``unsupported_layers``), else "hooks" when Opacus has a per-sample gradient hook for every trainable layer
+(``GradSampleModule.GRAD_SAMPLERS``), else "functorch" (torch.func computes any layer's per-sample
+gradient, slower). ``choose_mode`` returns the mode with the reason in words, for the caller to print.
+With a ``sample`` batch, "bk" is also tried on one step of a copy of the model: book-keeping refuses a
+layer called twice per forward pass or an output changed in place, which no static look can see.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import TYPE_CHECKING
 
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.validators import ModuleValidator
 from torch import nn
 
+from dpfl.client.bookkeeping import BookKeepingClipper, UnsupportedLayerError, unsupported_layers
 from dpfl.models.zoo import MODELS
 
 if TYPE_CHECKING:  # client.training will import this module: no import cycle at run time
@@ -41,6 +54,16 @@ FASTEST_MODE: dict[str, str] = {
     "resnet": "hooks",
 }
 
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeChoice:
+    """The grad-sample mode "auto" resolves to, and why (one line, for logs and the CLI)."""
+
+    mode: str
+    reason: str
+
+
 def fastest_mode(model_name: str) -> str:
     """The fastest exact grad-sample mode for a zoo model (``DEFAULT_MODE`` for one not measured)."""
     return FASTEST_MODE.get(model_name, DEFAULT_MODE)
@@ -51,12 +74,76 @@ def model_name_of(model: nn.Module) -> str | None:
     return next((name for name, cls in MODELS.items() if type(model) is cls), None)
 
 
-def resolve_auto(settings: TrainSettings, model: nn.Module) -> TrainSettings:
-    """``settings`` with grad_sample_mode "auto" replaced by the fastest mode for ``model``; any other
+def _names(layers: list[tuple[str, str]], limit: int = 3) -> str:
+    shown = ", ".join(f"{name!r} ({what})" for name, what in layers[:limit])
+    return shown + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
+
+
+def _without_hooks(model: nn.Module) -> list[tuple[str, str]]:
+    """Trainable layers Opacus has no per-sample gradient hook for. A parameter shared by several modules
+    (DPLSTM exposes its RNNLinear cells' weights) is covered when any module owning it has a hook."""
+    owners: dict[int, list[nn.Module]] = {}
+    names: dict[int, str] = {}
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                owners.setdefault(id(p), []).append(module)
+                names.setdefault(id(p), name or type(module).__name__)
+    missing: dict[str, str] = {}
+    for pid, mods in owners.items():
+        if not any(type(m) in GradSampleModule.GRAD_SAMPLERS for m in mods):
+            missing.setdefault(names[pid], type(mods[0]).__name__)
+    return list(missing.items())
+
+
+def _bk_trial(model: nn.Module, sample: torch.Tensor) -> str | None:
+    """None when one book-keeping step on a copy of ``model`` succeeds on ``sample``, else why not."""
+    probe = copy.deepcopy(model).train()
+    clipper = BookKeepingClipper(probe, 1.0)
+    try:
+        logits = probe(sample)
+        clipper.clipped_backward(logits, torch.zeros(int(sample.shape[0]), dtype=torch.long, device=logits.device))
+    except UnsupportedLayerError as exc:
+        return str(exc).split(";")[0]
+    except Exception as exc:  # noqa: BLE001 - a user's model may fail in ways bk cannot name
+        return f"a book-keeping trial step failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    finally:
+        clipper.close()
+    return None
+
+
+def choose_mode(model: nn.Module, sample: torch.Tensor | None = None) -> ModeChoice:
+    """The exact grad-sample mode "auto" means for ``model``, and why. Zoo models keep their measured
+    choice; ``sample`` (a few inputs, e.g. ``x[:2]``) lets "bk" be tried on one step of a copy."""
+    name = model_name_of(model)
+    if name is not None:
+        mode = fastest_mode(name)
+        return ModeChoice(mode, f"zoo model {name!r}: {mode!r} is its fastest exact mode (bench/dp_step.py)")
+    if not any(p.requires_grad for p in model.parameters()):
+        return ModeChoice(DEFAULT_MODE, "the model has no trainable parameters")
+    no_bk = unsupported_layers(model)
+    failed = _bk_trial(model, sample) if not no_bk and sample is not None else None
+    if not no_bk and failed is None:
+        checked = "" if sample is not None else " (layer reuse and in-place outputs are checked at the first step)"
+        return ModeChoice("bk", "book-keeping supports every trainable layer (Linear, Conv2d, GroupNorm): the "
+                                f"fastest exact mode{checked}")
+    why_not_bk = (f"book-keeping cannot clip {_names(no_bk)}" if no_bk
+                  else f"book-keeping refused a trial step: {failed}")
+    no_hooks = _without_hooks(model)
+    if not no_hooks:
+        return ModeChoice("hooks", f"{why_not_bk}; Opacus has a per-sample gradient hook for every trainable layer")
+    refused = [name for name, module in model.named_modules() if type(module) in ModuleValidator.VALIDATORS
+               and ModuleValidator.VALIDATORS[type(module)](module)]
+    fix = (f"; Opacus' validator refuses {', '.join(map(repr, refused[:3]))}: fix the model first "
+           "(models.dp_check.check_model_for_dp with fix=True)") if refused else ""
+    return ModeChoice("functorch", f"{why_not_bk}; Opacus has no hook for {_names(no_hooks)}, so functorch "
+                                   f"computes their per-sample gradients (slower){fix}")
+
+
+def resolve_auto(settings: TrainSettings, model: nn.Module, sample: torch.Tensor | None = None) -> TrainSettings:
+    """``settings`` with grad_sample_mode "auto" replaced by ``choose_mode(model, sample).mode``; any other
     mode is returned unchanged, so callers that never say "auto" are unaffected. Resolved inside
     train_locally, so every caller (ClientApp, plain loop, tests) gets the same choice."""
     if settings.grad_sample_mode != "auto":
         return settings
-    name = model_name_of(model)
-    chosen = fastest_mode(name) if name is not None else DEFAULT_MODE
-    return dataclasses.replace(settings, grad_sample_mode=chosen)
+    return dataclasses.replace(settings, grad_sample_mode=choose_mode(model, sample).mode)

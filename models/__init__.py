@@ -1,13 +1,22 @@
-"""Model zoo: every model is Opacus-compatible (no BatchNorm; GroupNorm where normalisation helps)."""
+"""Models: the zoo (Opacus-compatible, no BatchNorm), user plug-ins by spec, and DP checks before training."""
 
+from dpfl.models.plugins import (
+    ENTRY_POINT_GROUP,
+    ModelPluginError,
+    ResolvedModel,
+    build_model,
+    check_model_spec,
+    plugin_names,
+    resolve_model,
+)
 from dpfl.models.zoo import (
     INPUT_REQUIREMENTS,
     MODELS,
     IncompatibleInputError,
     UnknownModelError,
-    build_model,
     check_input_shape,
 )
 
-__all__ = ["INPUT_REQUIREMENTS", "MODELS", "IncompatibleInputError", "UnknownModelError", "build_model",
-           "check_input_shape"]
+__all__ = ["ENTRY_POINT_GROUP", "INPUT_REQUIREMENTS", "MODELS", "IncompatibleInputError", "ModelPluginError",
+           "ResolvedModel", "UnknownModelError", "build_model", "check_input_shape", "check_model_spec",
+           "plugin_names", "resolve_model"]
