@@ -156,8 +156,8 @@ def build_client_app(setup: SetupFn) -> ClientApp:
             wire.PARTITION_ID: s.partition_id,
         }
         if cfg.policy.private_metrics:
-            metrics["train-loss"] = outcome.mean_loss
-            metrics["train-examples-seen"] = outcome.examples_seen
+            metrics[wire.TRAIN_LOSS] = outcome.mean_loss
+            metrics[wire.TRAIN_EXAMPLES_SEEN] = outcome.examples_seen
         model.to("cpu")
         content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.METRICS: MetricRecord(metrics),
                               wire.RELEASE: ConfigRecord(release_info)})

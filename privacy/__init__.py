@@ -20,6 +20,7 @@ _EXPORTS = {
     "dpfl.privacy.budget": ("BudgetCheck", "check_budget"),
     "dpfl.privacy.calibration": ("calibrate_noise", "steps_per_round"),
     "dpfl.privacy.ledger": ("Ledger", "LedgerError"),
+    "dpfl.privacy.ledger_chain": ("LedgerTamperedError",),
     "dpfl.privacy.policy": ("PolicyError", "PrivacyPolicy", "effective_budget", "participation_cap"),
     "dpfl.privacy.releases": ("DpSgdRelease", "GaussianRelease", "Release", "release_from_dict",
                               "validate_release_params"),

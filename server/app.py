@@ -20,6 +20,7 @@ from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 from dpfl.privacy.rundata import CONFIG_FILE, SUMMARY_FILE
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
+from dpfl.server.reply_checks import UpdateBound
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
@@ -65,7 +66,8 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                         post_processing=PostProcessing(
                             steps=[ServerOptimizer(settings.server_learning_rate, settings.server_momentum)],
                             ema=ParameterEma(settings.ema_decay)),
-                        seed=settings.seed)
+                        seed=settings.seed, aggregation_weights=settings.aggregation_weights,
+                        update_bound=UpdateBound.from_run_config(settings.run_config))
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, s.input_shape, s.num_classes)
     eval_model = build_model(settings.model, s.input_shape, s.num_classes)

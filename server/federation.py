@@ -18,10 +18,10 @@ from flwr.serverapp import Grid
 
 from dpfl.privacy import wire
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
-from dpfl.server.roster import Roster
+from dpfl.server.roster import REFUSALS, Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
-from dpfl.server.strategy import DpFedAvg
+from dpfl.server.strategy import DpFedAvg, source_node
 from dpfl.server.terms import ask_terms
 
 log = logging.getLogger("dpfl.server")
@@ -98,7 +98,7 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                          server_round=server_round)
 
     pending_events = terms_of_new_nodes(start_round)
-    declined = [st for st in roster.clients.values() if st.status == "declined (policy)"]
+    declined = [st for st in roster.clients.values() if st.status in REFUSALS]
     accepted = [st for st in roster.clients.values() if st.terms is not None]
     if len(accepted) < settings.min_train_clients:
         reasons = "; ".join(st.reason for st in declined[:3]) + (" ..." if len(declined) > 3 else "")
@@ -118,19 +118,19 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                 break
             sent_to = {m.metadata.dst_node_id for m in messages}
             replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-            answered = {r.metadata.src_node_id for r in replies} & sent_to
+            answered = {source_node(r) for r in replies} & sent_to
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
             events = [*pending_events, *strategy.round_events]
             pending_events = []
             for node in sorted(sent_to - answered):
                 cid = roster.record_drop(node, server_round, f"no reply within {settings.round_timeout} s")
                 events.append({"client": cid, "event": "dropped", "reason": "no reply within the round timeout"})
-            participants = sum(1 for r in replies if not r.has_error() and r.metadata.src_node_id in sent_to)
+            participants = strategy.accepted  # replies that passed server/reply_checks.py and were averaged
             if participants < settings.min_train_clients:
                 strategy.stop_reason = (
-                    f"round {server_round}: only {participants} client(s) returned an update (min-train-clients is "
-                    f"{settings.min_train_clients}); the round is not counted and the model is the one after round "
-                    f"{server_round - 1}")
+                    f"round {server_round}: only {participants} client(s) returned a valid update "
+                    f"(min-train-clients is {settings.min_train_clients}); the round is not counted and the "
+                    f"model is the one after round {server_round - 1}")
                 break
             if new_arrays is not None:
                 arrays = new_arrays

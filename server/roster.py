@@ -19,12 +19,16 @@ from dpfl.privacy.wire import NO_MECHANISM, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS
 
 log = logging.getLogger("dpfl.server")
 
+POLICY_DECLINED = "declined (policy)"  # the owner's policy forbids this run; nothing trained
+LEDGER_REFUSED = "refused (ledger conflict)"  # the client's ledger copies disagree; it will not train
+REFUSALS = (POLICY_DECLINED, LEDGER_REFUSED)  # clients that stated they will not take part
+
 
 @dataclass
 class ClientStatus:
     client_id: str
     participations: int = 0
-    status: str = "active"  # active | exhausted | max-participations | dropped | declined (policy)
+    status: str = "active"  # active | exhausted | max-participations | dropped | one of REFUSALS
     reason: str = ""
     epsilon: float = 0.0
     last_release: DpSgdRelease | None = None
@@ -57,14 +61,37 @@ class Roster:
         return self.clients[client_id]
 
     def bind(self, node_id: int, client_id: str) -> ClientStatus:
+        """Tie a client id to the node that first claimed it. A node cannot take over an id another node
+        holds, nor change its own: identity comes from the node, never from a later string in a reply."""
+        holder = self.holder(client_id)
+        if holder is not None and holder != node_id:
+            raise WireError(f"client id {client_id!r} is already held by node {holder}; node {node_id} "
+                            "cannot claim it")
+        bound = self.node_to_client.get(node_id)
+        if bound is not None and bound != client_id:
+            raise WireError(f"node {node_id} is {bound!r} in this run and cannot rename itself {client_id!r}")
         self.node_to_client[node_id] = client_id
         return self.client(client_id)
+
+    def _named_by_node(self, node_id: int, claimed: str | None) -> str:
+        """The id a decline is booked under: the node's bound id, else the claimed one unless another node
+        holds it, else ``node-<id>``. A decline's reason text cannot decline for another client."""
+        bound = self.node_to_client.get(node_id)
+        if bound is not None:
+            return bound
+        if claimed and self.holder(claimed) in (None, node_id):
+            return claimed
+        return f"node-{node_id}"
+
+    def holder(self, client_id: str) -> int | None:
+        """The node bound to this client id, if any."""
+        return next((n for n, c in self.node_to_client.items() if c == client_id), None)
 
     def known(self, node_id: int) -> bool:
         """Has this node stated its terms (or declined)? Unknown nodes are asked before they may train."""
         client_id = self.node_to_client.get(node_id)
         return client_id is not None and (self.clients[client_id].terms is not None
-                                          or self.clients[client_id].status == "declined (policy)")
+                                          or self.clients[client_id].status in REFUSALS)
 
     # -- terms --------------------------------------------------------------------------------
     def record_terms(self, node_id: int, terms: ClientTerms) -> ClientStatus:
@@ -73,17 +100,21 @@ class Roster:
                             f"{self.neighbouring!r}")
         st = self.bind(node_id, terms.client_id)
         st.terms = terms
-        if st.status == "declined (policy)":
+        if st.status in REFUSALS:
             st.status, st.reason = "active", ""
         return st
 
-    def record_policy_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str) -> str:
-        """A policy decline. A node already bound keeps its identity: its reason text cannot decline for
-        another client (before terms, the text is all there is to name it by)."""
-        client_id = self.node_to_client.get(node_id) or client_id or f"node-{node_id}"
+    def record_policy_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str, *,
+                              status: str = POLICY_DECLINED) -> str:
+        """A refusal to take part: the owner's policy declined (``POLICY_DECLINED``) or the client's own
+        ledger copies disagree (``LEDGER_REFUSED``). A node already bound keeps its identity: its reason text
+        cannot decline for another client (before terms, the text is all there is to name it by)."""
+        if status not in REFUSALS:
+            raise ValueError(f"status {status!r} is not one of {REFUSALS}")
+        client_id = self._named_by_node(node_id, client_id)
         st = self.bind(node_id, client_id)
-        st.status, st.reason = "declined (policy)", reason
-        st.events.append({"round": server_round, "event": "declined (policy)", "reason": reason})
+        st.status, st.reason = status, reason
+        st.events.append({"round": server_round, "event": status, "reason": reason})
         return client_id
 
     # -- eligibility --------------------------------------------------------------------------
@@ -93,7 +124,7 @@ class Roster:
         if client_id is None:
             return False
         st = self.clients[client_id]
-        if st.terms is None or st.status in ("exhausted", "max-participations", "declined (policy)"):
+        if st.terms is None or st.status in ("exhausted", "max-participations", *REFUSALS):
             return False
         cap = min(self.max_participations, st.terms.max_rounds)
         if st.participations >= cap:
@@ -171,7 +202,7 @@ class Roster:
 
     def record_decline(self, node_id: int, client_id: str | None, server_round: int, reason: str) -> str:
         """A budget decline. A node bound to a client keeps that identity whatever its reason text names."""
-        client_id = self.node_to_client.get(node_id) or client_id or f"node-{node_id}"
+        client_id = self._named_by_node(node_id, client_id)
         st = self.bind(node_id, client_id)
         st.status, st.reason = "exhausted", reason
         st.events.append({"round": server_round, "event": "declined (budget)", "reason": reason})

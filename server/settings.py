@@ -27,6 +27,7 @@ class ServerSettings:
     model: str
     seed: int
     neighbouring: str  # "add-remove" | "replace-one"
+    aggregation_weights: str  # "declared" | "uniform": never what a reply claims (server/reply_checks.py)
     policy: PrivacyPolicy
     run_config: Mapping[str, Any]  # the flat run config as given, written to config.json
 
@@ -39,4 +40,6 @@ class ServerSettings:
                    server_learning_rate=float(cfg["server-learning-rate"]),
                    server_momentum=float(cfg["server-momentum"]), ema_decay=float(cfg["ema-decay"]),
                    round_timeout=float(cfg["round-timeout"]), model=str(cfg["model"]), seed=int(cfg["seed"]),
-                   neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg))
+                   neighbouring=str(cfg["neighbouring"]),
+                   aggregation_weights=str(cfg.get("aggregation-weights", "declared")),
+                   policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg))

@@ -126,7 +126,7 @@ class DpFedAvg(FedAvg):
         judged: set[int] = set()
         good: list[tuple[int, float, list[np.ndarray]]] = []
         for msg in replies:
-            node = _source(msg)
+            node = source_node(msg)
             first = node is not None and node in self._sent_to and node not in judged
             try:
                 self._judge(server_round, msg, judged, good)
@@ -162,7 +162,7 @@ class DpFedAvg(FedAvg):
         if not isinstance(msg, Message):
             self._reject(None, server_round, f"not a Flower Message: {type(msg).__name__}")
             return
-        node = _source(msg)
+        node = source_node(msg)
         if node is None or node not in self._sent_to:
             self._reject(None, server_round, f"reply from node {node}, which was sent no train instruction "
                          "this round", node=node)
@@ -271,7 +271,7 @@ class DpFedAvg(FedAvg):
                     continue
                 reason = reply_checks.check_evaluate_reply(msg.content)
                 if reason:
-                    log.warning("round %d: evaluate reply from node %s skipped: %s", server_round, _source(msg),
+                    log.warning("round %d: evaluate reply from node %s skipped: %s", server_round, source_node(msg),
                                 reason)
                     continue
                 metrics = msg.content[wire.METRICS]
@@ -290,7 +290,8 @@ class DpFedAvg(FedAvg):
                              wire.NUM_EXAMPLES: int(total)})
 
 
-def _source(msg: object) -> int | None:
+def source_node(msg: object) -> int | None:
+    """The sending node of a reply, or None when the object is not a well-formed Message."""
     try:
         node = msg.metadata.src_node_id  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001

@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from dpfl.privacy import wire
-from dpfl.server.roster import Roster
+from dpfl.server.roster import LEDGER_REFUSED, POLICY_DECLINED, Roster
 
 log = logging.getLogger("dpfl.server")
 
@@ -38,10 +38,11 @@ def ask_terms(grid: Grid, nodes: Iterable[int], roster: Roster, *, delta: float,
         if reply.has_error():
             reason = reply.error.reason or f"error code {reply.error.code}"
             client_id = reason.split(":", 1)[0] if ":" in reason else None
-            if reply.error.code in wire.DECLINES:
-                cid = roster.record_policy_decline(node, client_id, server_round, reason)
+            if reply.error.code in (*wire.DECLINES, wire.LEDGER_CONFLICT):
+                status = LEDGER_REFUSED if reply.error.code == wire.LEDGER_CONFLICT else POLICY_DECLINED
+                cid = roster.record_policy_decline(node, client_id, server_round, reason, status=status)
                 log.warning("%s", reason)
-                events.append({"client": cid, "event": "declined (policy)", "reason": reason})
+                events.append({"client": cid, "event": status, "reason": reason})
             else:
                 log.warning("node %d could not state its terms: %s", node, reason)
                 events.append({"client": client_id or f"node-{node}", "event": "failed", "reason": reason})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -510,3 +511,22 @@ def test_evaluate_replies_never_crash_and_malformed_ones_are_skipped() -> None:
     assert metrics is not None and metrics[wire.NUM_EXAMPLES] == 30
     assert metrics["val-loss"] == pytest.approx(20 / 30) and metrics["val-accuracy"] == pytest.approx(0.5)
     assert strategy.aggregate_evaluate(1, bad) is None
+
+
+def test_terms_cannot_claim_a_client_id_another_node_holds() -> None:
+    _, roster, _ = make_strategy(2)
+    thief = wire.ClientTerms(client_id=client_id(0), release=DpSgdRelease(SIGMA, Q, STEPS), neighbouring="add-remove",
+                             declared_records=N, max_rounds=1000, prior_epsilon=0.0, prior_runs=())
+    with pytest.raises(wire.WireError, match="already held by node"):
+        roster.record_terms(BASE_NODE + 7, thief)
+    with pytest.raises(wire.WireError, match="cannot rename itself"):
+        roster.record_terms(BASE_NODE + 1, dataclasses.replace(thief, client_id="client-009"))
+    assert roster.holder(client_id(0)) == BASE_NODE and roster.node_to_client[BASE_NODE + 1] == client_id(1)
+    assert BASE_NODE + 7 not in roster.node_to_client
+
+
+def test_a_policy_decline_naming_another_client_is_booked_on_the_sender() -> None:
+    _, roster, _ = make_strategy(2)
+    booked = roster.record_policy_decline(BASE_NODE + 9, client_id(0), 1, f"{client_id(0)}: declined")
+    assert booked == f"node-{BASE_NODE + 9}"
+    assert roster.clients[client_id(0)].status == "active"

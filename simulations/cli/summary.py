@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 from dpfl.privacy.rundata import SUMMARY_FILE, read_summary
+from dpfl.server.roster import REFUSALS
 from dpfl.simulations.cli.common import console
 from dpfl.simulations.config import RunConfig
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from dpfl.server.federation import FederationResult
 
 REQUIRED_KEYS = ("rounds_completed", "final_accuracy")  # final_accuracy: unless no round ran
-POLICY_DECLINE = "declined (policy)"
 
 
 class SummaryError(ValueError):
@@ -82,11 +82,12 @@ def not_private(cfg: RunConfig, summary: Mapping[str, Any]) -> bool:
             or bool(cfg.policy.not_private))
 
 
-def _policy_declines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _policy_declines(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(client, refusal status, reason) for every client that refused to take part."""
     clients = summary.get("clients")
-    return [(str(cid), str(info.get("reason", ""))) for cid, info in sorted((clients if isinstance(clients, dict)
-                                                                               else {}).items())
-            if isinstance(info, dict) and info.get("status") == POLICY_DECLINE]
+    clients = clients if isinstance(clients, dict) else {}
+    return [(str(cid), str(info.get("status")), str(info.get("reason", "")))
+            for cid, info in sorted(clients.items()) if isinstance(info, dict) and info.get("status") in REFUSALS]
 
 
 def _prior_runs(summary: Mapping[str, Any]) -> list[tuple[str, float, int]]:
@@ -115,8 +116,8 @@ def print_summary(cfg: RunConfig, result: FederationResult, run_path: Path,
     stopped = (f"  (no round ran: {result.stop_reason or 'no reason recorded'})" if no_round
                else f"  (stopped: {result.stop_reason})" if result.stop_reason else "")
     console.print(f"  rounds        {result.rounds_completed}/{cfg['num-server-rounds']}{stopped}", markup=False)
-    for cid, reason in _policy_declines(summary):
-        console.print(f"  [yellow]{escape(f'{cid} {POLICY_DECLINE}')}[/]: {escape(reason)}")
+    for cid, status, reason in _policy_declines(summary):
+        console.print(f"  [yellow]{escape(f'{cid} {status}')}[/]: {escape(reason)}")
     if math.isfinite(result.final_accuracy):
         console.print(f"  accuracy      {result.final_accuracy:.4f} (server test set)")
     else:
@@ -142,9 +143,9 @@ def print_summary(cfg: RunConfig, result: FederationResult, run_path: Path,
 def print_run_summary(cfg: RunConfig, run_path: Path, summary: Mapping[str, Any] | None) -> None:
     """The summary of a run another process ran (raises SummaryError), plus every drop the server recorded."""
     print_summary(cfg, result_from_summary(summary, run_path), run_path, summary)
-    declined = {cid for cid, _ in _policy_declines(summary or {})}
+    declined = {cid for cid, _, _ in _policy_declines(summary or {})}
     for cid, rnd, event, reason in client_events(summary or {}):
-        if event == POLICY_DECLINE and cid in declined:
+        if event in REFUSALS and cid in declined:
             continue  # listed by print_summary
         when = f"in round {rnd}" if rnd > 0 else "before round 1"
         console.print(f"  [yellow]{escape(f'{cid} {event} {when}')}[/]: {escape(reason)}")
