@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Scalar = bool | int | float | str
+MAX_ROUNDS = 100_000  # PLD calibration over 1e5 rounds takes ~95 s here; 1e6 would hang before round 1
 
 
 class ConfigError(ValueError):
@@ -74,7 +75,8 @@ OPTIONS: tuple[Option, ...] = (
            allowed="a number >= 0"),
     # model and local training
     Option("model", "cnn", "model name from the zoo (models.MODELS)"),
-    Option("num-server-rounds", 30, "federated rounds", check=lambda v: v >= 1, allowed="an integer >= 1"),
+    Option("num-server-rounds", 30, "federated rounds", check=lambda v: 1 <= v <= MAX_ROUNDS,
+           allowed=f"an integer in [1, {MAX_ROUNDS}] (accounting more rounds takes longer than training them)"),
     Option("fraction-train", 1.0, "fraction of clients sampled for training each round", check=_fraction,
            allowed="a number in (0, 1]"),
     Option("min-train-clients", 1, "fewest clients a training round needs", check=lambda v: v >= 1,
@@ -125,7 +127,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("private-metrics", False, "also send loss/accuracy on clients' private data (NOT covered by DP)"),
     Option("deterministic-noise", False, "TEST ONLY: seed noise from --seed; the run is NOT PRIVATE"),
     # run
-    Option("seed", 42, "seed for partitioning, model init and client selection (never for DP noise)"),
+    Option("seed", 42, "seed for partitioning, model init and client selection (never for DP noise)",
+           check=lambda v: 0 <= v < 2**63, allowed="an integer in [0, 2**63) (torch's seed range)"),
     Option("device", "auto", "where clients train", choices=("auto", "cpu", "cuda")),
     Option("run-dir", "runs", "parent directory of run directories"),
     Option("run-name", "", "run directory name (empty: time stamp)"),

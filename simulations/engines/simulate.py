@@ -20,6 +20,7 @@ from dpfl.server.rundir import RunDirectory, atomic_write_text
 from dpfl.simulations import apps
 from dpfl.simulations.config import ConfigError, RunConfig
 from dpfl.simulations.data.clients import declared_sizes, load_test_set
+from dpfl.simulations.engines import early_checks
 from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
 
 log = logging.getLogger("dpfl")
@@ -38,6 +39,8 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
     from dpfl.models import build_model
 
     values = cfg.as_dict()
+    early_checks.check_device(cfg)
+    early_checks.check_directories(cfg)
     _, _, input_shape, num_classes = load_test_set(values)  # raises DataError with a fix
     try:
         build_model(cfg["model"], input_shape, num_classes)
@@ -58,6 +61,9 @@ def preflight(cfg: RunConfig) -> dict[str, float]:
             except ValueError as exc:
                 raise ConfigError(f"target-epsilon={cfg['target-epsilon']} cannot be reached for client {k} "
                                   f"({n} records): {exc}") from None
+    if cfg["dp"]:
+        early_checks.check_budget_fits(cfg, sizes, cfg.policy.delta(sum(sizes)), sigmas,
+                                       [apps.default_client_id(k) for k in range(len(sizes))])
     return sigmas
 
 
