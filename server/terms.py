@@ -41,7 +41,10 @@ def ask_terms(grid: Grid, nodes: Iterable[int], roster: Roster, *, delta: float,
             if reply.error.code in (*wire.DECLINES, wire.LEDGER_CONFLICT):
                 status = LEDGER_REFUSED if reply.error.code == wire.LEDGER_CONFLICT else POLICY_DECLINED
                 cid = roster.record_policy_decline(node, client_id, server_round, reason, status=status)
-                log.warning("%s", reason)
+                if status == LEDGER_REFUSED:
+                    log.warning("node %d refused this run (ledger conflict): %s", node, reason)
+                else:
+                    log.warning("%s", reason)
                 events.append({"client": cid, "event": status, "reason": reason})
             else:
                 log.warning("node %d could not state its terms: %s", node, reason)

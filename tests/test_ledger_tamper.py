@@ -342,5 +342,5 @@ def test_clients_whose_ledgers_were_damaged_between_runs_do_not_train(tmp_path: 
                                        "content: the file was edited"),
                         ("client-001", "hospital-client-001.jsonl: the ledger holds 1 entry but the state index"),
                         ("client-002", "hospital-client-002.jsonl: the ledger is missing but the state index")):
-        server_saw = [line for line in logged if f"could not state its terms: {cid}: " in line]
+        server_saw = [line for line in logged if f"refused this run (ledger conflict): {cid}: " in line]
         assert server_saw and needle in server_saw[0] and "restore it from a backup" in server_saw[0], logged[-20:]

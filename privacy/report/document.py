@@ -41,6 +41,28 @@ def f_rel(v: float | None) -> str:
     return DASH if v is None else f"{v:.1e}"
 
 
+def limit_label(fed: dict[str, Any]) -> str:
+    """"Target ε" when only calibration set the limit, "Budget" when epsilon-budget did: a calibration
+    target is where σ was aimed, a budget is a hard refusal line; the report must not call one the other."""
+    return "Target ε" if fed.get("budget_source") == "target-epsilon" else "Budget"
+
+
+def release_text(r: dict[str, Any]) -> str:
+    """σ, q and steps of one round's release (section 6's schedules), for "At a glance"."""
+    schedules = [s for rep in r.get("reproduction") or [] for s in rep["schedule"]]
+    if not schedules:
+        return DASH
+    sigmas = sorted({s["noise_multiplier"] for s in schedules})
+    qs = sorted({s["sample_rate"] for s in schedules})
+    steps = sorted({s["steps_per_round"] for s in schedules})
+
+    def span(vals: list, fmt: str) -> str:
+        return format(vals[0], fmt) if len(vals) == 1 else f"{format(vals[0], fmt)} to {format(vals[-1], fmt)}"
+
+    return (f"σ = {span(sigmas, '.4g')}, q = {span(qs, '.4g')}, {span(steps, 'd')} DP-SGD steps per round "
+            f"({r['federation']['accountant']} accountant)")
+
+
 def _glance(r: dict[str, Any]) -> Section:
     fed, mech, acc = r["federation"], r["mechanism"], r["accountants"]
     n_bad = len(acc["mismatches"]) + sum(len(c["details"]) for c in r["checks"])
@@ -55,6 +77,7 @@ def _glance(r: dict[str, Any]) -> Section:
         ("Guarantee", "NOT PRIVATE" if mech["not_private"] else "sample-level (ε, δ)-DP for every record"
          + (", EXCEPT the values named in the banner above" if r["banner"] else "")),
         ("Neighbouring relation", mech.get("neighbouring_text", "add/remove one record")),
+        *([("Release per client per round", release_text(r))] if mech["dp"] else []),
         ("Clients", str(len(r["clients"]))),
         ("Rounds", f"{fed['rounds_completed']} of {fed['num_server_rounds']}"),
         ("Run", fed["stop_text"]),
@@ -149,7 +172,7 @@ def _federation(r: dict[str, Any]) -> Section:
         blocks.append(("p", f"The run {fed['stop_text']}."))
     budget = (f"ε = {f_g(fed['budget'])} per client (from {fed['budget_source']})" if fed["budget"]
               else "none configured (epsilon-budget = 0 and target-epsilon = 0)")
-    blocks.append(("kv", [("Budget", budget),
+    blocks.append(("kv", [(limit_label(fed), budget),
                           ("Max participations per client", f_g(fed["max_participations"]))]))
     headers = ["client", "status", "participations", "ε", "budget", "remaining", "reason"]
     rows = [[c["client"], c["status"], f_g(c["participations"]), f_eps(c["epsilon"]), f_g(c["budget"]),
@@ -288,9 +311,20 @@ def _reconciliation(r: dict[str, Any]) -> list[Block]:
 
 def _configuration(r: dict[str, Any]) -> list[Block]:
     m = r["mechanism"]
-    params = [(f"`{k}`", f_g(v)) for k, v in m["parameters"].items()]
+    params = [(f"`{k}`", _used_value(r, k, v)) for k, v in m["parameters"].items()]
     params += [(f"resolved `{k}`", f_g(v)) for k, v in m["resolved"].items()]
     return [("h3", "Run configuration (config.json)"), ("kv", params)] if params else []
+
+
+def _used_value(r: dict[str, Any], key: str, value: Any) -> str:
+    """A configured value, or the value actually used when calibration replaced it (marked as such)."""
+    target = r["mechanism"]["parameters"].get("target-epsilon") or 0
+    if key == "noise-multiplier" and r["mechanism"]["dp"] and target > 0:
+        sigmas = sorted({s["noise_multiplier"] for rep in r.get("reproduction") or [] for s in rep["schedule"]})
+        used = (f"{sigmas[0]:.6g}" if len(sigmas) == 1 else f"{sigmas[0]:.6g} to {sigmas[-1]:.6g}") if sigmas \
+            else DASH
+        return f"{used} (calibrated to target-epsilon {f_g(target)}; the configured {f_g(value)} was not used)"
+    return f_g(value)
 
 
 def _reproduction(r: dict[str, Any]) -> Section:

@@ -40,6 +40,21 @@ def _series(values: list[float | None], rounds: list[int]) -> tuple[list[int], l
     return [r for r, _ in pairs], [v for _, v in pairs]
 
 
+def identical_curves(eps: dict[str, Any]) -> list[list[str]]:
+    """Clients grouped by equal ε series, in client order: ten clients with one schedule are one line,
+    not ten lines drawn on top of each other."""
+    groups: dict[tuple, list[str]] = {}
+    for cid in eps["clients"]:
+        key = tuple(None if v is None else round(v, 9) for v in eps["per_client"][cid])
+        groups.setdefault(key, []).append(cid)
+    return list(groups.values())
+
+
+def _limit_label(fed: dict[str, Any]) -> str:
+    word = "target" if fed.get("budget_source") == "target-epsilon" else "budget"
+    return f"{word} ε = {fed['budget']:g}"
+
+
 def plot_epsilon(report: dict[str, Any], path: Path) -> Path | None:
     eps, fed = report["epsilon"], report["federation"]
     rounds = eps["rounds"]
@@ -54,13 +69,15 @@ def plot_epsilon(report: dict[str, Any], path: Path) -> Path | None:
         ax.plot(rounds, lo, color="tab:blue", lw=0.8, ls=":", label="min client")
         title = f"ε per client after each round ({len(eps['clients'])} clients)"
     else:
-        for cid in eps["clients"]:
-            xs, ys = _series(eps["per_client"][cid], rounds)
-            ax.plot(xs, ys, marker="o", ms=3, label=cid)
+        for members in identical_curves(eps):
+            xs, ys = _series(eps["per_client"][members[0]], rounds)
+            label = members[0] if len(members) == 1 else (
+                f"{len(members)} clients with equal ε ({members[0]} ... {members[-1]})")
+            ax.plot(xs, ys, marker="o", ms=3, label=label)
         title = "ε per client after each round"
     top = max((v for vals in eps["per_client"].values() for v in vals if v is not None), default=0.0)
     if fed.get("budget"):
-        ax.axhline(fed["budget"], color="black", ls="--", lw=1, label=f"budget ε = {fed['budget']:g}")
+        ax.axhline(fed["budget"], color="black", ls="--", lw=1, label=_limit_label(fed))
         top = max(top, fed["budget"])
     delta = fed.get("delta")
     ax.set_title(f"{title}  (δ = {delta:g}, {fed['accountant']})" if delta else title)
@@ -107,7 +124,7 @@ def plot_accuracy_vs_epsilon(report: dict[str, Any], path: Path) -> Path | None:
                     xytext=(4, -10), fontsize=8)
     fed = report["federation"]
     if fed.get("budget"):
-        ax.axvline(fed["budget"], color="black", ls="--", lw=1, label=f"budget ε = {fed['budget']:g}")
+        ax.axvline(fed["budget"], color="black", ls="--", lw=1, label=_limit_label(fed))
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel(f"federation ε after the round (max over clients, δ = {fed['delta']:g})" if fed.get("delta")
                   else "federation ε after the round")

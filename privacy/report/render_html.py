@@ -20,7 +20,7 @@ main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 64px; background: #
 h1 { font-size: 1.7em; margin-top: 0.2em; }
 h2 { border-bottom: 2px solid #d0d7de; padding-bottom: 4px; margin-top: 2em; }
 h3 { margin-top: 1.4em; }
-nav ol { columns: 2; font-size: 0.95em; }
+nav ul { columns: 2; font-size: 0.95em; list-style: none; padding-left: 0; }
 nav a { color: #0b57d0; text-decoration: none; }
 .banner { background: #b3261e; color: #fff; padding: 14px 20px; border-radius: 6px; margin: 12px 0;
           font-size: 1.05em; }
@@ -105,7 +105,7 @@ def render_html(title: str, sections: list[Section], images: dict[str, bytes]) -
         f"<title>{html.escape(title)}</title>",
         f"<style>{CSS}</style></head>",
         f"<body><main><h1>{html.escape(title)}</h1>",
-        f"<nav><ol>{nav}</ol></nav>",
+        f"<nav><ul>{nav}</ul></nav>",  # titles carry their numbers
         *body,
         "</main></body></html>",
     ]) + "\n"

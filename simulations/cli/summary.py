@@ -138,6 +138,9 @@ def print_summary(cfg: RunConfig, result: FederationResult, run_path: Path,
     console.print(f"  wall time     {wall:.1f} s" if wall is not None
                   else f"  wall time     unknown ({SUMMARY_FILE} missing or unreadable)")
     console.print(f"  run directory {run_path}", markup=False)
+    report = run_path / "report" / "report.html"
+    console.print(f"  report        {report}" if report.exists() else
+                  f"  report        not written yet: dpfl report {run_path}", markup=False)
 
 
 def print_run_summary(cfg: RunConfig, run_path: Path, summary: Mapping[str, Any] | None) -> None:
