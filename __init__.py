@@ -11,3 +11,12 @@ try:
     __version__ = version("dpfl")
 except PackageNotFoundError:  # a checkout used without installing it
     __version__ = "0+unknown"
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy: ``import dpfl`` stays light; torch loads on first use
+    """``dpfl.simulate`` (simulations/api.py) and its ``RunResult``."""
+    if name in ("simulate", "RunResult"):
+        from dpfl.simulations import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dpfl' has no attribute {name!r}")

@@ -88,13 +88,26 @@ def _declined(exc: Declined, msg: Message) -> Message:
     return Message(Error(code=exc.code, reason=exc.reason), reply_to=msg)
 
 
+def _set_up(setup: SetupFn, context: Context) -> ClientSetup:
+    """The client's setup, or a ``Declined`` (CLIENT_FAILED) whose one line says why this node cannot take
+    part (its data or config is unusable): the server logs it instead of a traceback from the worker."""
+    try:
+        return setup(context)
+    except Exception as exc:  # noqa: BLE001 - the composition root raises config and data errors of any kind
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise Declined(wire.CLIENT_FAILED, f"node {context.node_id} cannot take part: {reason}") from None
+
+
 def build_client_app(setup: SetupFn) -> ClientApp:
     app = ClientApp()
 
     @app.query()
     def terms(msg: Message, context: Context) -> Message:
         """Before its first round: what this client will release in this run, or a policy decline."""
-        s = setup(context)
+        try:
+            s = _set_up(setup, context)
+        except Declined as exc:
+            return _declined(exc, msg)
         request = wire.read_terms_request(msg.content[wire.CONFIG])
         run_path, delta = request.run_path, request.delta
         try:
@@ -113,7 +126,10 @@ def build_client_app(setup: SetupFn) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        s = setup(context)
+        try:
+            s = _set_up(setup, context)
+        except Declined as exc:
+            return _declined(exc, msg)
         cfg = s.settings
         instruction = wire.read_train_instruction(msg.content[wire.CONFIG])
         server_round, delta, run_path = instruction.server_round, instruction.delta, instruction.run_path
@@ -127,7 +143,7 @@ def build_client_app(setup: SetupFn) -> ClientApp:
             return _declined(exc, msg)
 
         device = pick_device(cfg.device)
-        model = build_model(cfg.model, s.input_shape, s.num_classes)
+        model = build_model(cfg.model, s.input_shape, s.num_classes, fix=cfg.fix_model)
         model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
         sampling_gen, noise_gen = dp_generators(
             deterministic=cfg.policy.deterministic_noise, seed=cfg.seed,
@@ -166,12 +182,16 @@ def build_client_app(setup: SetupFn) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         """Client-side evaluation on the local validation split: computed on private data, NOT DP."""
-        s = setup(context)
+        try:
+            s = _set_up(setup, context)
+        except Declined as exc:
+            return _declined(exc, msg)
         if s.owner_policy is not None and not s.owner_policy.allow_private_metrics:
             return _declined(Declined(wire.POLICY_DECLINED, f"{s.client_id}: declined by its privacy policy: "
                                       "client-side evaluation sends metrics of private data and "
                                       f"{s.owner_policy.source} has allow-private-metrics = false"), msg)
-        model = build_model(s.settings.model, s.input_shape, s.num_classes)
+        model = build_model(s.settings.model, s.input_shape, s.num_classes,
+                            fix=s.settings.fix_model)
         model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
         loss, acc = evaluate_model(model, s.val_x, s.val_y, device=pick_device(s.settings.device))
         metrics = MetricRecord({wire.NUM_EXAMPLES: max(int(s.val_y.shape[0]), 1), "val-loss": loss,

@@ -26,6 +26,7 @@ class ClientSettings:
     max_grad_norm: float
     grad_sample_mode: str
     model: str
+    fix_model: bool  # Opacus' fix applied to the model (the server builds it the same way)
     device: str
     seed: int
     aggregation_weights: str  # "declared" | "uniform"
@@ -40,7 +41,8 @@ class ClientSettings:
                    learning_rate=float(cfg["learning-rate"]), momentum=float(cfg["momentum"]),
                    optimizer=str(cfg["optimizer"]), noise_multiplier=float(cfg["noise-multiplier"]),
                    max_grad_norm=float(cfg["max-grad-norm"]), grad_sample_mode=str(cfg["grad-sample-mode"]),
-                   model=str(cfg["model"]), device=str(cfg["device"]), seed=int(cfg["seed"]),
+                   model=str(cfg["model"]), fix_model=bool(cfg.get("fix-model", False)),
+                   device=str(cfg["device"]), seed=int(cfg["seed"]),
                    aggregation_weights=str(cfg["aggregation-weights"]), state_dir=str(cfg["state-dir"]),
                    neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg))
 

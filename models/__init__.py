@@ -6,6 +6,7 @@ from dpfl.models.plugins import (
     ResolvedModel,
     build_model,
     check_model_spec,
+    is_module_spec,
     plugin_names,
     resolve_model,
 )
@@ -19,4 +20,4 @@ from dpfl.models.zoo import (
 
 __all__ = ["ENTRY_POINT_GROUP", "INPUT_REQUIREMENTS", "MODELS", "IncompatibleInputError", "ModelPluginError",
            "ResolvedModel", "UnknownModelError", "build_model", "check_input_shape", "check_model_spec",
-           "plugin_names", "resolve_model"]
+           "is_module_spec", "plugin_names", "resolve_model"]

@@ -148,6 +148,16 @@ def _apply_fix(model: nn.Module, problems: list[LayerProblem]) -> tuple[nn.Modul
     return fixed, changes
 
 
+def fix_for_dp(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The model with every layer ``ModuleValidator.fix`` can replace replaced (a copy when anything changed),
+    and one line per change: what ``fix-model = true`` does on the server and on every client alike, so both
+    sides build the same architecture."""
+    problems = validator_problems(model)
+    if not any(p.fixable for p in problems):
+        return model, []
+    return _apply_fix(model, problems)
+
+
 def _dtype_device(model: nn.Module, input_dtype: torch.dtype | None) -> tuple[torch.dtype, torch.device]:
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")

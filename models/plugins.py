@@ -154,10 +154,21 @@ def check_model_spec(spec: str, input_shape: tuple[int, ...]) -> None:
         check_input_shape(resolved.spec, tuple(int(d) for d in input_shape))
 
 
-def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int, *, fix: bool = False) -> nn.Module:
     """A freshly initialised model from any spec (seed torch beforehand for reproducible weights).
 
-    ``dpfl.models.build_model`` is this function; for a zoo name it is exactly ``models.zoo.build_model``."""
+    ``dpfl.models.build_model`` is this function; for a zoo name it is exactly ``models.zoo.build_model``.
+    ``fix=True`` (run config ``fix-model``) replaces the layers DP-SGD cannot train by Opacus' fix
+    (``models.dp_check.fix_for_dp``)."""
+    model = _build(spec, input_shape, num_classes)
+    if fix:
+        from dpfl.models.dp_check import fix_for_dp  # opacus: only when asked
+
+        model = fix_for_dp(model)[0]
+    return model
+
+
+def _build(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     resolved = resolve_model(spec)
     shape = tuple(int(d) for d in input_shape)
     if int(num_classes) < 2:

@@ -92,8 +92,17 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """config.json (the resolved run config plus ``resolved`` and ``privacy-statement``), or None."""
+    """config.json (the resolved run config plus ``RUN_DIRECTORY_KEYS``), or None."""
     return read_json_object(Path(run_dir) / CONFIG_FILE)
+
+
+# What the server adds to config.json beside the run config: never a run-config key.
+RUN_DIRECTORY_KEYS = ("resolved", "privacy-statement", "environment", "inputs")
+
+
+def run_config_values(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's run-config keys only (``RUN_DIRECTORY_KEYS`` dropped), ready for ``resolve``."""
+    return {k: v for k, v in config.items() if k not in RUN_DIRECTORY_KEYS}
 
 
 def read_metrics(run_dir: str | Path, warnings: list[str] | None = None) -> list[dict[str, Any]]:

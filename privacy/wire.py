@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -55,6 +56,8 @@ TRAIN_LOSS = "train-loss"  # private metrics: only with private-metrics = true (
 TRAIN_EXAMPLES_SEEN = "train-examples-seen"
 # Keys in a train reply's release ConfigRecord.
 CLIENT_ID = "client-id"
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RESERVED_CLIENT_ID = "server"
 MECHANISM = "mechanism"
 NO_MECHANISM = "none"  # dp=false: the reply carries no DP release
 
@@ -168,6 +171,15 @@ def release_to_wire(client_id: str, release: DpSgdRelease | None) -> tuple[dict[
     return metrics, {CLIENT_ID: client_id, MECHANISM: release.mechanism}
 
 
+def check_client_id(value: Any, where: str = "client id") -> str:
+    """A client id is a file name on both sides (its ledger is ``<id>.jsonl``), so it is 1-64 letters, digits,
+    '.', '_' or '-', starting with a letter or digit, and never ``server`` (the name of the central ledger)."""
+    if not isinstance(value, str) or not CLIENT_ID_PATTERN.fullmatch(value) or value == RESERVED_CLIENT_ID:
+        raise WireError(f"{where}: {CLIENT_ID}={str(value)[:80]!r} is not valid: expected 1-64 letters, digits, "
+                        f"'.', '_' or '-', starting with a letter or digit, and not {RESERVED_CLIENT_ID!r}")
+    return value
+
+
 def release_from_wire(metrics: Mapping[str, Any], info: Mapping[str, Any],
                       server_round: int) -> tuple[str, DpSgdRelease | None]:
     """The (client id, release) a train reply describes, every field checked; WireError names a bad one.
@@ -177,9 +189,7 @@ def release_from_wire(metrics: Mapping[str, Any], info: Mapping[str, Any],
     """
     where = "train reply"
     server_round = _integer({CFG_ROUND: server_round}, CFG_ROUND, where, 1)
-    client_id = info.get(CLIENT_ID)
-    if not isinstance(client_id, str) or not client_id:
-        raise WireError(f"{where}: {CLIENT_ID}={client_id!r} is not valid: expected a non-empty string")
+    client_id = check_client_id(info.get(CLIENT_ID), where)
     mechanism = info.get(MECHANISM)
     if mechanism == NO_MECHANISM:
         return client_id, None

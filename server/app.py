@@ -19,7 +19,9 @@ from dpfl.privacy import PolicyError
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 from dpfl.privacy.rundata import CONFIG_FILE, SUMMARY_FILE
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
+from dpfl.server.environment import describe_environment
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
+from dpfl.server.inputs import describe_inputs
 from dpfl.server.reply_checks import UpdateBound
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
@@ -53,10 +55,14 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         delta = policy.delta(s.declared_total)
     except PolicyError as exc:
         raise ServerConfigError(str(exc)) from exc
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
     rundir = RunDirectory(s.run_path).create()
     rundir.write_json(CONFIG_FILE, {**settings.run_config, "resolved": {"delta": delta,
                                                           "max-participations": policy.participation_cap},
-                                      "privacy-statement": policy.statement()})
+                                      "privacy-statement": policy.statement(),
+                                      "environment": describe_environment(settings.run_config.get("device", "auto")),
+                                      "inputs": describe_inputs(settings.run_config, model)})
     roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=policy.accountant,
                     max_participations=policy.participation_cap, budget=policy.budget,
                     neighbouring=settings.neighbouring, run=str(rundir.path),
@@ -68,9 +74,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                             ema=ParameterEma(settings.ema_decay)),
                         seed=settings.seed, aggregation_weights=settings.aggregation_weights,
                         update_bound=UpdateBound.from_run_config(settings.run_config))
-    torch.manual_seed(settings.seed)
-    model = build_model(settings.model, s.input_shape, s.num_classes)
-    eval_model = build_model(settings.model, s.input_shape, s.num_classes)
+    eval_model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
         eval_model.load_state_dict(arrays.to_torch_state_dict())

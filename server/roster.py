@@ -15,7 +15,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dpfl.privacy import DpSgdRelease, Ledger, check_budget, epsilon, release_from_dict
-from dpfl.privacy.wire import NO_MECHANISM, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS, ClientTerms, WireError
+from dpfl.privacy.wire import (
+    CLIENT_ID_PATTERN,
+    NO_MECHANISM,
+    NOISE_MULTIPLIER,
+    RESERVED_CLIENT_ID,
+    SAMPLE_RATE,
+    STEPS,
+    ClientTerms,
+    WireError,
+)
 
 log = logging.getLogger("dpfl.server")
 
@@ -79,8 +88,9 @@ class Roster:
         bound = self.node_to_client.get(node_id)
         if bound is not None:
             return bound
-        if claimed and self.holder(claimed) in (None, node_id):
-            return claimed
+        if claimed and CLIENT_ID_PATTERN.fullmatch(claimed) and claimed != RESERVED_CLIENT_ID \
+                and self.holder(claimed) in (None, node_id):
+            return claimed  # only a well-formed id: it names a ledger file
         return f"node-{node_id}"
 
     def holder(self, client_id: str) -> int | None:

@@ -1,7 +1,8 @@
 """The run directory contract every engine honours (see docs/architecture.md).
 
 ``runs/<run-id>/``: ``config.json``, ``metrics.jsonl``, ``ledgers/<client>.jsonl``,
-``checkpoints/`` (global model + server state per round), ``model.pt`` and ``summary.json``.
+``checkpoints/`` (global model + server state per round), ``model.pt`` and ``summary.json``; from each
+metrics row also ``metrics.csv``, ``tensorboard/`` and the configured tracker (``server/tracking.py``).
 Writes that matter go through a temp file and an atomic rename.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 
 import torch
 
-from dpfl.privacy.rundata import LEDGER_DIR, METRICS_FILE, read_metrics
+from dpfl.privacy.rundata import CONFIG_FILE, LEDGER_DIR, METRICS_FILE, SUMMARY_FILE, read_config, read_metrics
+from dpfl.server.tracking import RunTracking
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -38,6 +40,7 @@ class RunDirectory:
         self.path = Path(path)
         self.ledgers = self.path / LEDGER_DIR
         self.checkpoints = self.path / "checkpoints"
+        self.tracking: RunTracking | None = None  # made when config.json is written, closed with summary.json
 
     def create(self) -> RunDirectory:
         for p in (self.path, self.ledgers, self.checkpoints):
@@ -47,6 +50,11 @@ class RunDirectory:
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         target = self.path / name
         atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        if name == CONFIG_FILE:
+            self.close_tracking()
+            self.tracking = RunTracking(self.path, data, atomic_write_text)
+        elif name == SUMMARY_FILE:
+            self.close_tracking()
         return target
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
@@ -54,6 +62,16 @@ class RunDirectory:
             fh.write(json.dumps(row, default=str) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        # only now, with the row durable in metrics.jsonl: TensorBoard, metrics.csv, the tracker (never raise)
+        if self.tracking is None:
+            self.tracking = RunTracking(self.path, read_config(self.path), atomic_write_text)
+        self.tracking.round(row)
+
+    def close_tracking(self) -> None:
+        """Flush and close TensorBoard and the tracker (done when summary.json is written)."""
+        if self.tracking is not None:
+            self.tracking.close()
+            self.tracking = None
 
     def read_metrics(self) -> list[dict]:
         """The rows written so far, read by the one run-directory reader (torn lines skipped)."""

@@ -25,6 +25,7 @@ class ServerSettings:
     ema_decay: float
     round_timeout: float
     model: str
+    fix_model: bool  # Opacus' fix applied to the model (every client builds it the same way)
     seed: int
     neighbouring: str  # "add-remove" | "replace-one"
     aggregation_weights: str  # "declared" | "uniform": never what a reply claims (server/reply_checks.py)
@@ -39,7 +40,8 @@ class ServerSettings:
                    fraction_evaluate=float(cfg["fraction-evaluate"]),
                    server_learning_rate=float(cfg["server-learning-rate"]),
                    server_momentum=float(cfg["server-momentum"]), ema_decay=float(cfg["ema-decay"]),
-                   round_timeout=float(cfg["round-timeout"]), model=str(cfg["model"]), seed=int(cfg["seed"]),
+                   round_timeout=float(cfg["round-timeout"]), model=str(cfg["model"]),
+                   fix_model=bool(cfg.get("fix-model", False)), seed=int(cfg["seed"]),
                    neighbouring=str(cfg["neighbouring"]),
                    aggregation_weights=str(cfg.get("aggregation-weights", "declared")),
                    policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg))

@@ -8,6 +8,7 @@ reads the dataset once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
 from dpfl.simulations.config import ConfigError, RunConfig, resolve
-from dpfl.simulations.data.clients import declared_sizes, load_client_data, load_test_set
+from dpfl.simulations.data.clients import (
+    clients_bring_own_data,
+    declared_sizes,
+    load_client_data,
+    load_test_set,
+    server_declared_total,
+)
+
+OWN_DATA = "own-data"  # node config: the path of this owner's own records (`dpfl client --data-path`)
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,8 @@ def preload_data(run_config: dict[str, Any]) -> None:
     call it while they start, so the first round does not wait for it; a data error surfaces there too."""
     cfg = _cached_config(tuple(sorted(run_config.items())))
     values = cfg.as_dict()
-    declared_sizes(values)
+    if not clients_bring_own_data(values):  # an owner's own records are read by its own client
+        declared_sizes(values)
     load_test_set(values)
 
 
@@ -98,20 +108,54 @@ def default_client_id(partition_id: int) -> str:
 def client_setup(context: Context) -> ClientSetup:
     cfg = _cached_config(tuple(sorted(dict(context.run_config).items())))
     node = dict(context.node_config)
+    if node.get(OWN_DATA):
+        if not str(node.get("client-id", "")):
+            raise ConfigError("a node training on its own records needs its own stable client-id "
+                              "(dpfl client --data-path PATH --client-id NAME)")
+        return own_data_setup(cfg, node, str(node["client-id"]))
     partition_id = int(node.get("partition-id", 0))
     num_partitions = int(node.get("num-partitions", cfg["num-clients"]))
     if num_partitions != cfg["num-clients"]:
-        raise ConfigError(f"node config num-partitions={num_partitions} disagrees with num-clients="
-                          f"{cfg['num-clients']}; start the federation with as many clients as num-clients")
+        n = cfg["num-clients"]
+        raise ConfigError(f"this SuperNode is partition {partition_id} of {num_partitions} (its node config) but the "
+                          f"run config says num-clients={n}: start {n} SuperNodes (flwr run . --federation-config "
+                          f"num-supernodes={n}) or run with --run-config num-clients={num_partitions}")
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id={partition_id} is not valid: expected 0..{num_partitions - 1}")
     client_id = str(node.get("client-id", default_client_id(partition_id)))
-    # A SuperNode on its own machine names its local data and ledger directories (`dpfl client --data-dir
-    # --state-dir`): they override the run config's for this client only.
-    local = {key: str(node[key]) for key in ("data-dir", "state-dir") if str(node.get(key, ""))}
+    owner = owner_policy_for(node, client_id)
+    # A SuperNode on its own machine names its local copy of the dataset and its ledger directory
+    # (`dpfl client --data-dir --state-dir`): they override the run config's for this client only.
+    local = {key: str(node[key]) for key in ("state-dir",) if str(node.get(key, ""))}
+    if str(node.get("data-dir", "")):
+        local["data-path"] = str(node["data-dir"])
     if local:
         cfg = cfg.replace(**local)
-    return _client_setup(cfg, partition_id, client_id, owner_policy_for(node, client_id))
+    return _client_setup(cfg, partition_id, client_id, owner)
+
+
+def own_data_setup(cfg: RunConfig, node: dict[str, Any], client_id: str) -> ClientSetup:
+    """A data owner's own file or folder (the node's ``own-data``): every record in it is this client's (no
+    partition of a shared dataset), read with the federation's public schema (dataset kind, label column, labels,
+    encodings).
+
+    Under add-remove its record count N must be public and fixed independently of the records, so the owner
+    declares it (``declared-records`` in its privacy policy, else the run config's); the true count is
+    never used as N."""
+    path, partition_id = str(node[OWN_DATA]), int(node.get("partition-id", 0))
+    owner = owner_policy_for(node, client_id)
+    kind = {"dataset": str(node["own-data-kind"])} if node.get("own-data-kind") else {}
+    local = cfg.replace(**kind, **{"data-path": path, "num-clients": 1, "partition": "iid", "test-fraction": 0.0,
+                           "min-train-clients": 1, "test-data-path": ""})
+    declared = owner.declared_records if owner is not None and owner.declared_records else cfg["declared-records"]
+    if cfg["neighbouring"] == "add-remove" and not declared:
+        raise ConfigError(f"under add-remove {client_id}'s record count N must be public and independent of its "
+                          f"records; declare it in the owner's privacy policy (declared-records = N) or set "
+                          f"declared-records in the run config")
+    setup = dataclasses.replace(_client_setup(local, 0, client_id, owner), partition_id=partition_id)
+    if cfg["neighbouring"] == "add-remove":
+        return dataclasses.replace(setup, declared_records=int(declared))
+    return setup
 
 
 def default_run_path(cfg: RunConfig) -> Path:
@@ -126,7 +170,7 @@ def server_setup(context: Context, hooks: ServerHooks) -> ServerSetup:
     return ServerSetup(
         settings=ServerSettings.from_config(values), test_x=test_x, test_y=test_y, input_shape=input_shape,
         num_classes=num_classes, run_path=hooks.run_path or default_run_path(cfg),
-        declared_total=sum(declared_sizes(values)), reporter=hooks.reporter or LogReporter(),
+        declared_total=server_declared_total(values), reporter=hooks.reporter or LogReporter(),
         on_finish=hooks.on_finish or finish_run,
     )
 

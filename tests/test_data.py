@@ -33,7 +33,12 @@ def test_defaults_match_the_run_config() -> None:
     defaults = {o.key: o.default for o in OPTIONS}
     assert {k: defaults[k] for k in CONFIG_DEFAULTS} == CONFIG_DEFAULTS
     options = {o.key: o for o in OPTIONS}
-    assert set(options["dataset"].choices or ()) == set(DATASETS)
+    from dpfl.simulations.config.options import BUILT_IN_DATASETS, FILE_DATASETS
+    from dpfl.simulations.data.spec import FILE_KINDS
+
+    assert set(BUILT_IN_DATASETS) == set(DATASETS) and FILE_DATASETS == FILE_KINDS
+    assert all(options["dataset"].check(name) for name in (*DATASETS, *FILE_KINDS, "pkg.mod:loader"))
+    assert not any(options["dataset"].check(name) for name in ("mnist", "csv2", ":x", "mod:"))
 
 
 def test_digits_loads_offline_standardised_and_stratified() -> None:

@@ -63,6 +63,36 @@ def release_text(r: dict[str, Any]) -> str:
             f"({r['federation']['accountant']} accountant)")
 
 
+def _short_hash(entry: Any) -> str:
+    if isinstance(entry, dict):
+        digest = entry.get("sha256")
+        return f"`{entry.get('path')}`" + (f" (sha256 {digest[:12]}...)" if digest else " (unreadable)")
+    return str(entry)
+
+
+def inputs_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """What was trained: the dataset (kind, paths, content hashes) and the model (spec, parameters)."""
+    inputs = r["run"].get("inputs") or {}
+    data, model = inputs.get("dataset") or {}, inputs.get("model") or {}
+    rows = []
+    if data:
+        parts = [f"{data.get('kind')} ({data.get('source')})"]
+        parts += [f"{what}: {_short_hash(data[what])}" for what in ("train", "test", "schema") if what in data]
+        rows.append(("Data", "; ".join(parts)))
+    if model:
+        rows.append(("Model", f"`{model.get('spec')}` ({model.get('class')}), {model.get('parameters'):,} "
+                              f"parameters" + ("; Opacus' fix applied" if model.get("opacus-fix-applied") else "")))
+    return rows
+
+
+def _accuracy_text(r: dict[str, Any]) -> str:
+    data = (r["run"].get("inputs") or {}).get("dataset") or {}
+    if data.get("source") != "built-in" and "test" not in data and data.get("train") and not isinstance(
+            data.get("train"), dict):
+        return "none: the server holds no test records (each client holds its own data; no test-data-path)"
+    return f_num(r["training"]["final_accuracy"])
+
+
 def _glance(r: dict[str, Any]) -> Section:
     fed, mech, acc = r["federation"], r["mechanism"], r["accountants"]
     n_bad = len(acc["mismatches"]) + sum(len(c["details"]) for c in r["checks"])
@@ -78,10 +108,11 @@ def _glance(r: dict[str, Any]) -> Section:
          + (", EXCEPT the values named in the banner above" if r["banner"] else "")),
         ("Neighbouring relation", mech.get("neighbouring_text", "add/remove one record")),
         *([("Release per client per round", release_text(r))] if mech["dp"] else []),
+        *inputs_rows(r),
         ("Clients", str(len(r["clients"]))),
         ("Rounds", f"{fed['rounds_completed']} of {fed['num_server_rounds']}"),
         ("Run", fed["stop_text"]),
-        ("Final test accuracy", f_num(r["training"]["final_accuracy"])),
+        ("Final test accuracy", _accuracy_text(r)),
         ("Accounting re-check", check),
         ("Run directory", f"`{r['run']['directory']}`"),
         ("Report generated", r["generated"]),

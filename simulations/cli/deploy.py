@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from dpfl.simulations.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, console, error, fail
-from dpfl.simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args
+from dpfl.simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args, explicit_keys
 
 if TYPE_CHECKING:
     from dpfl.simulations.deploy.logs import LogPrinter
@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--privacy-policy", default=None, metavar="FILE|DIR",
                    help="a data owner's privacy policy (TOML) for every SuperNode, or a folder of "
                         "<client-id>.toml; each client reads it from its own node config")
+    p.add_argument("--client-data", default=None, metavar="DIR_OR_GLOB",
+                   help="one data owner per file or folder (its name, without suffix, is the client id): "
+                        "each SuperNode trains on its own records only, read with the run's dataset kind "
+                        "and schema; sets num-clients")
     _add_tls_flags(p, insecure_help="plaintext between the local processes (the default for launch)")
     p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                    help="stop everything if the run has not finished after this long (0: no limit)")
@@ -72,15 +76,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_last_flags(p, cmd_server)
 
     p = sub.add_parser("client", help="start one SuperNode (a client) that connects to a SuperLink",
-                       description="Start flower-supernode for partition K of N. Each training round runs "
-                                   "in a fresh process; the client's privacy ledger lives on disk in "
-                                   "--state-dir, so a restarted client continues its epsilon, never from "
-                                   "zero.")
+                       description="Start flower-supernode for a data owner: on its own records (--data-path "
+                                   "PATH --client-id NAME), or on partition K of N of a shared dataset "
+                                   "(--partition-id K --num-partitions N). Each training round runs in a fresh "
+                                   "process; the client's privacy ledger lives on disk in --state-dir, so a "
+                                   "restarted client continues its epsilon, never from zero.")
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="the SuperLink's address")
-    p.add_argument("--partition-id", type=int, required=True, metavar="K")
-    p.add_argument("--num-partitions", type=int, required=True, metavar="N")
-    p.add_argument("--client-id", default=None, help="stable client name (default client-<K, 3 digits>)")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="this client's local dataset directory")
+    p.add_argument("--data-path", default=None, metavar="PATH",
+                   help="this owner's own records (a csv/parquet/npz file or an imagefolder/hf-disk folder, in the "
+                        "format the run config's dataset names); every record in it is this client's")
+    p.add_argument("--dataset", default=None, metavar="KIND", dest="own_data_kind",
+                   help="with --data-path: the format of this owner's records when it differs from the run "
+                        "config's (csv, parquet, npz, imagefolder, hf-disk); columns and labels still come from "
+                        "the federation's schema")
+    p.add_argument("--partition-id", type=int, default=None, metavar="K",
+                   help="partition K of a shared dataset (instead of --data-path)")
+    p.add_argument("--num-partitions", type=int, default=None, metavar="N")
+    p.add_argument("--client-id", default=None,
+                   help="stable client name (default client-<K, 3 digits>; required with --data-path)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="with --partition-id: this host's copy of the shared dataset")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="where this client keeps its durable ledger (default: the run config's state-dir, "
                         "else <run dir>/client-state, which must then be writable here)")
@@ -219,10 +234,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
                               "integer >= 1")
         certs = load_certificates(args.certificates) if args.certificates else None
         repo_root()
-        from dpfl.simulations.engines.simulate import node_configs, owner_policies, preflight
+        from dpfl.simulations.engines.simulate import owner_policies, plan_nodes, preflight
 
-        preflight(cfg)
-        nodes = node_configs(cfg, args.privacy_policy)
+        if args.client_data and args.clients is not None:
+            raise ConfigError("--client-data starts one client per owner's path; drop --clients")
+        cfg, nodes = plan_nodes(cfg, args.privacy_policy, args.client_data,
+                                clients_given=args.clients is not None or "num-clients" in explicit_keys(args))
+        preflight(cfg, nodes)
         policies = owner_policies(nodes)
     except (ConfigError, DataError, CertificateError, LaunchError) as exc:
         return fail(str(exc))
@@ -360,6 +378,22 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
 
 
 # --- client -----------------------------------------------------------------------------------------------
+def _check_own_data(args: argparse.Namespace) -> str | None:
+    """The absolute path of ``--data-path`` (checked to exist), or None without it."""
+    if not args.data_path:
+        return None
+    if args.partition_id is not None or args.num_partitions is not None or args.data_dir:
+        raise ConfigError("--data-path is this owner's own records: give it without --partition-id, "
+                          "--num-partitions and --data-dir (those pick a partition of a shared dataset)")
+    if not args.client_id:
+        raise ConfigError("--data-path needs --client-id NAME: a stable name the server and this owner's ledger "
+                          "know this client by")
+    where = Path(args.data_path).expanduser().resolve()
+    if not where.exists():
+        raise ConfigError(f"--data-path {args.data_path} does not exist; give this owner's data file or folder")
+    return str(where)
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from dpfl.simulations.deploy.certs import CertificateError, load_certificates
     from dpfl.simulations.deploy.flower import node_config_string, supernode_command
@@ -369,6 +403,12 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     try:
         host, _ = _split_address(args.server, "--server")
+        own = _check_own_data(args)
+        if own is None and (args.partition_id is None or args.num_partitions is None):
+            raise ConfigError("say which records this client trains on: --data-path PATH --client-id NAME (its "
+                              "own), or --partition-id K --num-partitions N (a partition of a shared dataset)")
+        if own is not None:
+            args.partition_id, args.num_partitions = 0, 1
         if args.num_partitions < 1:
             raise ConfigError(f"--num-partitions {args.num_partitions} is not valid: expected an "
                               "integer >= 1")
@@ -384,9 +424,24 @@ def cmd_client(args: argparse.Namespace) -> int:
         elif not args.insecure and not _is_loopback(host):
             raise ConfigError(f"--server {args.server} is not on this machine: pass --certificates DIR "
                               "(the CA from `dpfl certs`) or --insecure for plaintext on a trusted network")
-        node: dict[str, object] = {"partition-id": args.partition_id, "num-partitions": args.num_partitions}
+        if args.client_id:
+            from dpfl.privacy.wire import WireError, check_client_id
+
+            try:
+                check_client_id(args.client_id, "--client-id")
+            except WireError as exc:
+                raise ConfigError(str(exc)) from None
+        node: dict[str, object] = ({"own-data": own} if own is not None else
+                                   {"partition-id": args.partition_id, "num-partitions": args.num_partitions})
         if args.client_id:
             node["client-id"] = args.client_id
+        if args.own_data_kind:
+            from dpfl.simulations.data.spec import FILE_KINDS
+
+            if own is None or args.own_data_kind not in FILE_KINDS:
+                raise ConfigError(f"--dataset {args.own_data_kind} is not valid here: it names the format of "
+                                  f"--data-path, one of {', '.join(FILE_KINDS)}")
+            node["own-data-kind"] = args.own_data_kind
         for key, value in (("data-dir", args.data_dir), ("state-dir", args.state_dir)):
             if value:
                 node[key] = str(Path(value).expanduser().resolve())
@@ -406,7 +461,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     if ca is None:
         console.print(f"[yellow]warning: --insecure: traffic to {args.server} is plaintext[/]")
     port = args.port or free_ports(1)[0]
-    name = f"client-{args.partition_id}"
+    name = args.client_id or f"client-{args.partition_id}"
     home_tmp = None if args.flower_home else tempfile.mkdtemp(prefix=f"dpfl-{name}-")
     home = Path(args.flower_home).expanduser().resolve() if args.flower_home else Path(str(home_tmp))
     printer = LogPrinter(console, verbose=_verbose(args), server_names=())

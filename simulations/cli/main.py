@@ -18,7 +18,7 @@ from rich.console import Console
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import sweep as sweep_cli
 from dpfl.simulations.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, console, error, fail, setup_logging
-from dpfl.simulations.config import OPTION_BY_KEY, ConfigError, add_config_flags, config_from_args
+from dpfl.simulations.config import OPTION_BY_KEY, ConfigError, add_config_flags, config_from_args, explicit_keys
 
 
 # --- simulate -----------------------------------------------------------------------------------
@@ -31,10 +31,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return fail(str(exc))
     from dpfl.simulations.cli.progress import RichReporter
     from dpfl.simulations.engines.ray_engine import RayEngineError
-    from dpfl.simulations.engines.simulate import preflight, simulate
+    from dpfl.simulations.engines.simulate import plan_nodes, preflight, simulate
 
     try:
-        sigmas = preflight(cfg)
+        cfg, nodes = plan_nodes(cfg, args.privacy_policy, args.client_data,
+                                clients_given="num-clients" in explicit_keys(args))
+        sigmas = preflight(cfg, nodes)
     except (ConfigError, DataError) as exc:
         return fail(str(exc))
     console.print(f"[bold]dpfl simulate[/] · {cfg['dataset']} · {cfg['num-clients']} clients · model {cfg['model']} · "
@@ -46,7 +48,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       f"({'all clients' if len(distinct) == 1 else 'per client size'}; {cfg['accountant']})")
     try:
         outcome = simulate(cfg, reporter=RichReporter(console), engine=args.engine,
-                           privacy_policy=args.privacy_policy)
+                           privacy_policy=args.privacy_policy, checked=sigmas, nodes=nodes)
     except (ConfigError, DataError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
@@ -125,10 +127,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     paths = write_report(run)
     for p in paths:
         console.print(str(p))
+    report_json = next((p for p in paths if Path(p).name == "report.json"), run / "report" / "report.json")
     try:  # the report's own cross-checks: a failed one is a failed command, not a footnote
-        verdict = json.loads((run / "report.json").read_text(encoding="utf-8")).get("verdict") or {}
+        verdict = json.loads(Path(report_json).read_text(encoding="utf-8")).get("verdict") or {}
     except (OSError, ValueError):
-        return error(f"{run / 'report.json'} could not be read back")
+        return error(f"{report_json} could not be read back")
     if verdict.get("ok") is False:
         return error("the report's cross-checks failed: " + "; ".join(map(str, verdict.get("failures") or [])))
     return 0
@@ -144,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim.add_argument("--privacy-policy", default=None, metavar="FILE|DIR",
                        help="a data owner's privacy policy (TOML) applied to every client, or a folder of "
                             "<client-id>.toml; clients decline what it forbids (see docs/privacy-policy.md)")
+    p_sim.add_argument("--client-data", default=None, metavar="DIR_OR_GLOB",
+                       help="one data owner per file or folder (its name, without suffix, is the client id), "
+                            "each client reading only its own records with the run's dataset kind and schema; "
+                            "sets num-clients")
     add_config_flags(p_sim)
     p_sim.set_defaults(func=cmd_simulate)
 
@@ -193,6 +200,9 @@ def attach_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    from dpfl.simulations.user_code import expose_user_code
+
+    expose_user_code()  # `--model mymodels:Net` imports from here, in this process and in every worker
     if getattr(args, "engine", None) == "inprocess" and args.func is cmd_simulate:
         from dpfl.simulations.engines import worker_server
 

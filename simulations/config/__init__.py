@@ -8,13 +8,16 @@ from dpfl.simulations.config.run_config import RunConfig, resolve
 from dpfl.simulations.config.sources import (
     add_config_flags,
     config_from_args,
+    explicit_keys,
     load_toml,
     parse_run_config_string,
     read_toml,
+    run_config_of,
     sigma_rule_layer,
 )
 
 __all__ = [
     "DEFAULTS", "OPTIONS", "OPTION_BY_KEY", "ConfigError", "Option", "RunConfig", "add_config_flags",
-    "config_from_args", "load_toml", "parse_run_config_string", "read_toml", "resolve", "sigma_rule_layer",
+    "config_from_args", "explicit_keys", "load_toml", "parse_run_config_string", "read_toml", "resolve",
+    "run_config_of", "sigma_rule_layer",
 ]

@@ -56,12 +56,48 @@ def _open_unit_or_zero(v: float) -> bool:
     return v == 0 or 0 < v < 1
 
 
+BUILT_IN_DATASETS = ("fashion-mnist", "digits", "synthetic")
+FILE_DATASETS = ("csv", "parquet", "npz", "imagefolder", "hf-disk")  # = simulations.data.spec.FILE_KINDS
+DATASET_WORDS = (f"one of {', '.join(BUILT_IN_DATASETS)} (built in), {', '.join(FILE_DATASETS)} (your files, "
+                 f"with data-path), or 'package.module:loader'")
+
+
+def _dataset_name(v: str) -> bool:
+    module, sep, attr = v.partition(":")
+    return v in BUILT_IN_DATASETS or v in FILE_DATASETS or bool(sep and module.strip() and attr.strip())
+
+
 OPTIONS: tuple[Option, ...] = (
     # data
-    Option("dataset", "fashion-mnist", "dataset name", choices=("fashion-mnist", "digits", "synthetic")),
-    Option("data-dir", "", "directory with the dataset files (empty: the dataset's default location)"),
+    Option("dataset", "fashion-mnist", "where records come from: a built-in dataset, your own files (csv, parquet, "
+           "npz, imagefolder, hf-disk; give data-path) or your loader 'package.module:loader'",
+           check=_dataset_name, allowed=DATASET_WORDS),
+    Option("data-path", "", "your data: a file (csv, parquet, npz) or folder (imagefolder, hf-disk; Fashion-MNIST's "
+           "IDX files); empty: the built-in dataset's default location"),
+    Option("data-dir", "", "old name of data-path, still accepted (give one of the two)"),
+    Option("test-data-path", "", "the server's held-out test set in the same format as data-path (empty: the "
+           "source's own test split, else test-fraction of the records)"),
+    Option("label-column", "label", "csv/parquet/hf-disk: the column holding the label"),
+    Option("feature-columns", "", "csv/parquet: comma-separated feature columns (empty: every other numeric "
+           "column except the label and client columns)"),
+    Option("client-column", "", "csv/parquet/hf-disk: the column naming each record's owner (partition "
+           "by-column)"),
+    Option("labels", "", "the public label set, comma-separated, in class-index order (never read off the "
+           "records)"),
+    Option("num-classes", 0, "labels are the integers 0..K-1 (0: from labels, the schema or the source's own "
+           "public class list)", check=lambda v: v == 0 or v >= 2, allowed="0 or an integer >= 2"),
+    Option("data-schema", "", "a TOML/JSON file with the public schema: labels, feature ranges, means, "
+           "categories, fills (nothing is fitted on the records)"),
+    Option("test-fraction", 0.2, "without a test source: fraction of each client's records held out as the "
+           "simulation's test set", check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+    Option("image-size", "", "imagefolder: resize every image to HxW, e.g. 32x32 (empty: all images must "
+           "share one size)"),
+    Option("input-shape", "", "one record's input shape, e.g. 30 or 3x32x32: needed only by a server that holds "
+           "no records (clients bring their own data and there is no test-data-path)"),
+    Option("image-mode", "RGB", "imagefolder: colour (RGB) or grey (L)", choices=("RGB", "L")),
     Option("num-clients", 10, "number of clients (partitions)", check=lambda v: v >= 1, allowed="an integer >= 1"),
-    Option("partition", "iid", "how records are split over clients", choices=("iid", "dirichlet", "shards")),
+    Option("partition", "iid", "how records are split over clients (by-column: each record's client-column "
+           "names its owner)", choices=("iid", "dirichlet", "shards", "by-column")),
     Option("dirichlet-alpha", 0.5, "Dirichlet concentration for --partition dirichlet", check=_positive,
            allowed="a number > 0"),
     Option("shards-per-client", 2, "label shards per client for --partition shards", check=lambda v: v >= 1,
@@ -74,7 +110,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("synthetic-beta", 1.0, "Synthetic(alpha, beta): data heterogeneity", check=_non_negative,
            allowed="a number >= 0"),
     # model and local training
-    Option("model", "cnn", "model name from the zoo (models.MODELS)"),
+    Option("model", "cnn", "a zoo model (cnn, mlp, logreg, resnet), your own 'package.module:factory' (a "
+           "callable (input_shape, num_classes) -> nn.Module) or a name registered in the dpfl.models entry "
+           "points"),
+    Option("fix-model", False, "replace the layers DP-SGD cannot train with the fix Opacus proposes (e.g. "
+           "BatchNorm -> GroupNorm) on server and clients alike"),
     Option("num-server-rounds", 30, "federated rounds", check=lambda v: 1 <= v <= MAX_ROUNDS,
            allowed=f"an integer in [1, {MAX_ROUNDS}] (accounting more rounds takes longer than training them)"),
     Option("fraction-train", 1.0, "fraction of clients sampled for training each round", check=_fraction,
@@ -137,6 +177,10 @@ OPTIONS: tuple[Option, ...] = (
            allowed="a number > 0"),
     Option("workers", 0, "in-process engine: worker processes (0: min(cores, clients))",
            check=lambda v: v >= 0, allowed="an integer >= 0"),
+    Option("tracker", "", "your own tracker of each round's accuracy, loss, epsilon, delta, sigma and "
+           "participants, 'package.module:factory' (docs/tracking.md; empty: TensorBoard and metrics.csv only)",
+           check=lambda v: not v or (":" in v and all(part.strip() for part in v.split(":", 1))),
+           allowed="empty or 'package.module:factory'"),
 )
 
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}

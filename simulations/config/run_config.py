@@ -77,16 +77,33 @@ def resolve(*layers: Mapping[str, Any], strict: bool = True) -> RunConfig:
             raise ConfigError(f"{option.key}={value!r} is not valid: expected {allowed_words(option)}")
         if option.check is not None and not option.check(value):
             raise ConfigError(f"{option.key}={value!r} is not valid: expected {allowed_words(option)}")
+    _merge_data_path_alias(merged)
     _check_combinations(merged)
     return RunConfig(merged)
 
 
+def _merge_data_path_alias(values: dict[str, Scalar]) -> None:
+    """``data-dir`` is the old name of ``data-path``: one value survives, under the new name."""
+    old, new = str(values["data-dir"]), str(values["data-path"])
+    if old and new and old != new:
+        raise ConfigError(f"data-dir={old!r} and data-path={new!r} disagree: data-dir is the old name of "
+                          f"data-path; give only data-path")
+    values["data-path"], values["data-dir"] = new or old, ""
+
+
 def _check_combinations(values: Mapping[str, Scalar]) -> None:
     """Cross-key rules that single-key checks cannot see."""
-    from dpfl.models import MODELS  # models depends on nothing of ours
+    from dpfl.models import MODELS, is_module_spec, plugin_names  # models depends on nothing of ours
 
-    if values["model"] not in MODELS:
-        raise ConfigError(f"model={values['model']!r} is not valid: expected one of {', '.join(sorted(MODELS))}")
+    model = str(values["model"])
+    if model not in MODELS and not is_module_spec(model) and model not in plugin_names():
+        plugins = plugin_names()
+        raise ConfigError(f"model={model!r} is not valid: expected one of {', '.join(sorted(MODELS))}"
+                          f"{', ' + ', '.join(plugins) if plugins else ''} or your own 'package.module:factory'")
+    if values["partition"] == "by-column" and values["dataset"] in ("fashion-mnist", "digits", "synthetic"):
+        raise ConfigError(f"partition='by-column' needs records that name their owner: a csv/parquet/hf-disk file "
+                          f"with client-column, an npz with a 'client' array, or a loader returning train_clients; "
+                          f"dataset={values['dataset']!r} has none")
     rounds = int(values["num-server-rounds"])
     if int(values["max-participations"]) > rounds:
         raise ConfigError(

@@ -34,6 +34,18 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return dict(table) if isinstance(table, dict) else data
 
 
+def run_config_of(run_dir: str | Path) -> RunConfig:
+    """The run config a run directory's config.json records, validated again. The keys the server adds beside
+    the run config (``resolved``, ``privacy-statement``, ``environment``: ``privacy.rundata.RUN_DIRECTORY_KEYS``)
+    are dropped; every other key must be a known one."""
+    from dpfl.privacy.rundata import CONFIG_FILE, read_config, run_config_values
+
+    config = read_config(run_dir)
+    if config is None:
+        raise ConfigError(f"{Path(run_dir) / CONFIG_FILE} is missing or not a JSON object")
+    return resolve(run_config_values(config))
+
+
 def parse_run_config_string(text: str) -> dict[str, str]:
     """Parse Flower's ``--run-config "key=value key2=value2"`` form."""
     out: dict[str, str] = {}
@@ -81,6 +93,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     layers.append(flags)
     # the sigma rule reads only what the user gave: a preset's target epsilon must not override their sigma
     return resolve(preset, *layers, sigma_rule_layer(layers))
+
+
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The keys the user gave (config file, --run-config, flags; not a preset's or the defaults)."""
+    given: set[str] = set()
+    if getattr(args, "config_file", None):
+        given |= {str(k).replace("_", "-") for k in load_toml(args.config_file)}
+    if getattr(args, "run_config_string", None):
+        given |= {str(k).replace("_", "-") for k in parse_run_config_string(args.run_config_string)}
+    return given | {o.key for o in OPTIONS if getattr(args, o.key, None) is not None}
 
 
 def sigma_rule_layer(layers: Sequence[Mapping[str, Any]]) -> dict[str, Scalar]:

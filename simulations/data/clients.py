@@ -7,6 +7,7 @@ the returned tensors as read-only, they are shared between callers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,11 +20,12 @@ import torch
 from dpfl.simulations.data.datasets import DataError, Dataset, load_dataset
 from dpfl.simulations.data.partition_cache import cached_partitions
 from dpfl.simulations.data.partitions import check_partition, partition_indices
+from dpfl.simulations.data.spec import DataSpec, is_custom_dataset
 
 # Defaults of the data keys, equal to simulations/config/options.py (a test keeps them equal); used only when a
 # caller passes a partial mapping.
 CONFIG_DEFAULTS: dict[str, Any] = {
-    "dataset": "fashion-mnist", "data-dir": "", "num-clients": 10, "partition": "iid", "dirichlet-alpha": 0.5,
+    "dataset": "fashion-mnist", "data-path": "", "num-clients": 10, "partition": "iid", "dirichlet-alpha": 0.5,
     "shards-per-client": 2, "validation-fraction": 0.0, "seed": 42, "synthetic-alpha": 1.0,
     "synthetic-beta": 1.0,
 }
@@ -49,7 +51,7 @@ class _DataKey(NamedTuple):
     """The config values data depend on, normalised so irrelevant keys do not split the caches."""
 
     dataset: str
-    data_dir: str
+    data_path: str
     seed: int
     num_clients: int
     partition: str
@@ -57,6 +59,7 @@ class _DataKey(NamedTuple):
     shards_per_client: int
     synthetic_alpha: float
     synthetic_beta: float
+    spec: DataSpec | None = None  # a user's own source: csv, parquet, npz, imagefolder, hf-disk, a loader
 
 
 def _get(cfg: Mapping[str, Any], key: str) -> Any:
@@ -68,13 +71,18 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
 
 def _data_key(cfg: Mapping[str, Any]) -> _DataKey:
     dataset = str(_get(cfg, "dataset"))
-    key = _DataKey(dataset, str(_get(cfg, "data-dir")), int(_get(cfg, "seed")), int(_get(cfg, "num-clients")),
+    data_path = str(cfg.get("data-path", "") or cfg.get("data-dir", "") or "")
+    key = _DataKey(dataset, data_path, int(_get(cfg, "seed")), int(_get(cfg, "num-clients")),
                    str(_get(cfg, "partition")), float(_get(cfg, "dirichlet-alpha")),
                    int(_get(cfg, "shards-per-client")), float(_get(cfg, "synthetic-alpha")),
                    float(_get(cfg, "synthetic-beta")))
     if dataset == "synthetic":  # the generator's clients are the partition
         return key._replace(partition="natural", dirichlet_alpha=0.0, shards_per_client=0)
     key = key._replace(synthetic_alpha=0.0, synthetic_beta=0.0)
+    if is_custom_dataset(dataset):
+        key = key._replace(spec=DataSpec.from_config(cfg))
+    if key.partition == "by-column":
+        return key._replace(dirichlet_alpha=0.0, shards_per_client=0)
     if key.partition != "dirichlet":
         key = key._replace(dirichlet_alpha=0.0)
     if key.partition != "shards":
@@ -83,7 +91,11 @@ def _data_key(cfg: Mapping[str, Any]) -> _DataKey:
 
 
 def _dataset(key: _DataKey) -> Dataset:
-    return load_dataset(key.dataset, key.data_dir, seed=key.seed, num_clients=key.num_clients,
+    if key.spec is not None:
+        from dpfl.simulations.data.custom import load_custom  # pandas, pyarrow, PIL: only for users' own data
+
+        return load_custom(key.spec, partition=key.partition)
+    return load_dataset(key.dataset, key.data_path, seed=key.seed, num_clients=key.num_clients,
                         synthetic_alpha=key.synthetic_alpha, synthetic_beta=key.synthetic_beta)
 
 
@@ -91,6 +103,11 @@ def _dataset(key: _DataKey) -> Dataset:
 def _partitions(key: _DataKey) -> tuple[np.ndarray, ...]:
     ds = _dataset(key)
     if ds.natural_partitions is not None:
+        if key.partition == "by-column" and len(ds.natural_partitions) != key.num_clients:
+            names = getattr(ds, "client_ids", None) or ()
+            shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
+            raise DataError(f"the client column names {len(ds.natural_partitions)} client(s) ({shown}) but "
+                            f"num-clients={key.num_clients}; set num-clients = {len(ds.natural_partitions)}")
         return ds.natural_partitions
     labels = ds.train_y.numpy()
     params = (key.num_clients, key.partition, key.seed, key.dirichlet_alpha, key.shards_per_client)
@@ -134,9 +151,46 @@ def load_client_data(cfg: Mapping[str, Any], partition_id: int) -> ClientData:
 
 
 def load_test_set(cfg: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:
-    """The server's held-out test set: (x, y, input shape, number of classes)."""
+    """The server's held-out test set: (x, y, input shape, number of classes).
+
+    When the clients bring their own records (a user data source without ``data-path``) the server reads
+    only its own ``test-data-path``; with none it holds no records at all, the test set is empty (no
+    server-side accuracy) and the shapes come from ``input-shape`` and the public label set."""
+    dataset = str(_get(cfg, "dataset"))
+    if is_custom_dataset(dataset) and not str(cfg.get("data-path", "") or cfg.get("data-dir", "") or ""):
+        return _server_only_test_set(DataSpec.from_config(cfg), str(cfg.get("input-shape", "") or ""))
     ds = _dataset(_data_key(cfg))
     return ds.test_x, ds.test_y, ds.input_shape, ds.num_classes
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """'30' -> (30,), '3x32x32' -> (3, 32, 32); DataError otherwise."""
+    try:
+        shape = tuple(int(part) for part in text.lower().replace(" ", "").split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise DataError(f"input-shape={text!r} is not valid: expected sizes >= 1 joined by 'x', e.g. 30 or 3x32x32")
+    return shape
+
+
+@lru_cache(maxsize=4)
+def _server_only_test_set(spec: DataSpec, input_shape: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...],
+                                                                      int]:
+    if spec.test_path:
+        from dpfl.simulations.data.custom import load_custom
+
+        held_out = dataclasses.replace(spec, path=spec.test_path, test_path="", test_fraction=0.0)
+        ds = load_custom(held_out)
+        return ds.train_x, ds.train_y, ds.input_shape, ds.num_classes
+    if not input_shape:
+        raise DataError(f"dataset={spec.kind!r} without data-path: the clients bring their own records and this "
+                        f"server holds none; give the server its own held-out set (test-data-path) or the shape of "
+                        f"one record (input-shape, e.g. 30 or 3x32x32) and the labels (labels or num-classes)")
+    if spec.schema.num_classes < 2:
+        raise DataError("a server that holds no records needs the public label set: set labels or num-classes")
+    shape = parse_input_shape(input_shape)
+    return torch.empty((0, *shape)), torch.empty((0,), dtype=torch.int64), shape, spec.schema.num_classes
 
 
 def true_sizes(cfg: Mapping[str, Any]) -> list[int]:
@@ -158,3 +212,26 @@ def declared_sizes(cfg: Mapping[str, Any]) -> list[int]:
         return sizes
     declared = int(cfg.get("declared-records", 0)) or sum(sizes) // len(sizes)
     return [declared] * len(sizes)
+
+
+def natural_client_ids(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The clients the data itself names (``partition = by-column``: ``site-<value>`` of the client column)."""
+    ds = _dataset(_data_key(cfg))
+    return tuple(getattr(ds, "client_ids", None) or ()) or tuple(
+        f"client-{k:03d}" for k in range(len(ds.natural_partitions or ())))
+
+
+def clients_bring_own_data(cfg: Mapping[str, Any]) -> bool:
+    """A user data source without ``data-path``: each client reads its own records, the server none."""
+    return is_custom_dataset(str(_get(cfg, "dataset"))) and not str(cfg.get("data-path", "") or
+                                                                     cfg.get("data-dir", "") or "")
+
+
+def server_declared_total(cfg: Mapping[str, Any]) -> int | None:
+    """The total public record count the server may use for delta = 1/(10 N): the clients' declared sizes,
+    or, when clients bring their own records, ``declared-records`` x clients (None if not declared: the
+    run then needs an explicit delta)."""
+    if clients_bring_own_data(cfg):
+        declared = int(cfg.get("declared-records", 0) or 0)
+        return declared * int(_get(cfg, "num-clients")) or None
+    return sum(declared_sizes(cfg))

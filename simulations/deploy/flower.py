@@ -106,7 +106,7 @@ def absolute_paths(cfg: RunConfig, run_path: Path) -> RunConfig:
     """Fix the run directory and make path keys absolute: the ServerApp and ClientApps run with other
     working directories (and, on other machines, other file systems)."""
     changes: dict[str, Any] = {"run-dir": str(run_path.parent), "run-name": run_path.name}
-    for key in ("data-dir", "state-dir"):
+    for key in ("data-path", "test-data-path", "data-schema", "state-dir"):
         if str(cfg[key]):
             changes[key] = str(Path(str(cfg[key])).expanduser().resolve())
     return cfg.replace(**changes)

@@ -25,7 +25,7 @@ from dpfl.privacy import tuning
 from dpfl.simulations.config import DEFAULTS, OPTION_BY_KEY, ConfigError, read_toml, resolve, sigma_rule_layer
 
 # Keys that say where a run goes, not what it computes: left out of a point's hash and forced per point.
-LOCATION_KEYS = frozenset({"run-dir", "run-name", "state-dir", "workers", "device"})
+LOCATION_KEYS = frozenset({"run-dir", "run-name", "state-dir", "workers", "device", "tracker"})
 # Keys that only concern the DP mechanism: the non-private baseline drops them (and sets dp=false).
 PRIVACY_KEYS = frozenset({"dp", "noise-multiplier", "max-grad-norm", "target-epsilon", "epsilon-budget",
                           "delta",
@@ -33,6 +33,11 @@ PRIVACY_KEYS = frozenset({"dp", "noise-multiplier", "max-grad-norm", "target-eps
 # Keys that decide which records each client holds: runs agreeing on these share client identities.
 PARTITION_KEYS = ("dataset", "data-dir", "num-clients", "partition", "dirichlet-alpha", "shards-per-client",
                   "validation-fraction", "synthetic-alpha", "synthetic-beta", "seed")
+# Keys added with users' own data and models: hashed only when set, so the ids of sweeps started before
+# them stay the same (a changed id would re-run and re-charge their points).
+ADDED_KEYS = ("data-path", "test-data-path", "label-column", "feature-columns", "client-column", "labels",
+              "num-classes", "data-schema", "test-fraction", "image-size", "image-mode", "fix-model")
+ADDED_PARTITION_KEYS = ADDED_KEYS[:-1]
 DISTRIBUTIONS = (*tuning.DISTRIBUTIONS, "fixed")  # of the number of trials (fixed: exactly `trials`, composed)
 TABLES = frozenset({"sweep", "base", "grid", "random"})  # a TOML file with none of them is a plain run config
 
@@ -231,13 +236,26 @@ def _hash(obj: Any) -> str:
 
 def point_id(config: Mapping[str, Any]) -> str:
     """Stable name of a point: a hash of its resolved config, without where it runs."""
-    return _hash({k: v for k, v in config.items() if k not in LOCATION_KEYS})
+    return _hash({k: v for k, v in _without_unset_added_keys(config).items() if k not in LOCATION_KEYS})
 
 
 def partition_id(config: Mapping[str, Any]) -> str:
     """Runs with the same partition id split the records over clients the same way: a client is the same
     records in each of them (what lets the tuning compose per client)."""
-    return _hash({k: config.get(k) for k in PARTITION_KEYS})
+    identity = {k: config.get(k) for k in PARTITION_KEYS}
+    if config.get("data-path") and not config.get("data-dir"):  # data-dir is data-path's old name
+        identity["data-dir"] = config["data-path"]
+    identity.update({k: config[k] for k in ADDED_PARTITION_KEYS if k in config and config[k] != DEFAULTS[k]
+                     and k != "data-path"})
+    return _hash(identity)
+
+
+def _without_unset_added_keys(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys of ``ADDED_KEYS`` that hold their default; ``data-path`` under its old name."""
+    out = {k: v for k, v in config.items() if not (k in ADDED_KEYS and v == DEFAULTS.get(k))}
+    if out.get("data-path") and not out.get("data-dir"):
+        out["data-dir"] = out.pop("data-path")
+    return out
 
 
 def axis_keys(value: Any, label: str) -> list[str]:
