@@ -78,7 +78,7 @@ def _register(kind: str, obj: Any) -> str:
     return f"{__name__}:{name}"
 
 
-def _object_spec(what: str, obj: Any, keys: dict[str, Any], local: list[str]) -> str:
+def _object_spec(what: str, obj: Any, local: list[str]) -> str:
     if not callable(obj):
         raise ConfigError(f"{what}={obj!r} is not valid: give a name, a 'package.module:factory' string or a "
                           f"callable")
@@ -101,7 +101,7 @@ def _data_keys(data: Any, keys: dict[str, Any], local: list[str]) -> dict[str, A
                               f"built-in dataset ({', '.join(BUILT_IN_DATASETS)})")
         kind = keys.get("dataset") or _kind_of(path)
         return {"dataset": kind, "data-path": str(path.resolve())}
-    return {"dataset": _object_spec("data", data, keys, local)}
+    return {"dataset": _object_spec("data", data, local)}
 
 
 def _kind_of(path: Path) -> str:
@@ -165,7 +165,7 @@ def simulate(*, model: str | Callable[..., nn.Module] | None = None, data: Any =
     local: list[str] = []
     values.update(_data_keys(data, values, local))
     if model is not None:
-        values["model"] = model if isinstance(model, str) else _object_spec("model", model, values, local)
+        values["model"] = model if isinstance(model, str) else _object_spec("model", model, local)
     if local:
         if int(values.get("workers", 0) or 0) > 1 or engine != "inprocess":
             raise ConfigError(f"{' and '.join(local)} is defined in __main__ (or a notebook), which other "

@@ -326,7 +326,7 @@ def test_a_thousand_bad_replies_are_refused_and_the_model_is_bit_for_bit_the_cle
     for key in clean.result.arrays:
         a, b = clean.result.arrays[key].numpy(), attacked.result.arrays[key].numpy()
         assert a.tobytes() == b.tobytes() and np.isfinite(a).all(), key
-    saved = [torch.load(p / "model.pt") for p in (clean.run_path, attacked.run_path)]
+    saved = [torch.load(p / "model.pt", weights_only=True) for p in (clean.run_path, attacked.run_path)]
     assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
     summaries = [json.loads((p / "summary.json").read_text()) for p in (clean.run_path, attacked.run_path)]
     for cid in (f"client-{k:03d}" for k in range(HONEST)):
