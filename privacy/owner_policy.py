@@ -16,6 +16,7 @@ not silently loosen a policy.
     accountants = ["pld", "prv", "rdp"]
     neighbouring = ["add-remove", "replace-one"]
     state-dir = "~/.local/state/dpfl"
+    approved-apps = ["<sha256>"]  # deployment: the only app bundles this node runs (`dpfl app-hash`)
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ RELATIONS = ("add-remove", "replace-one")
 ACCOUNTANT_NAMES = ("pld", "prv", "rdp")
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KEYS = ("data-source", "max-epsilon", "declared-records", "max-delta", "min-noise-multiplier",
-        "allow-not-private", "allow-private-metrics", "accountants", "neighbouring", "state-dir")
+        "allow-not-private", "allow-private-metrics", "accountants", "neighbouring", "state-dir", "approved-apps")
+_APP_HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
 class OwnerPolicyError(ValueError):
@@ -64,6 +66,7 @@ class OwnerPolicy:
     accountants: tuple[str, ...]
     neighbouring: tuple[str, ...]
     state_dir: Path
+    approved_apps: tuple[str, ...] = ()  # empty: the launcher's own checkout (dpfl launch / dpfl client)
     source: str = ""
 
     @classmethod
@@ -110,12 +113,17 @@ class OwnerPolicy:
         state_dir = values.get("state-dir", "")
         if not isinstance(state_dir, str):
             raise bad("state-dir", "a directory path")
+        apps = values.get("approved-apps", [])
+        if not isinstance(apps, list) or not apps and "approved-apps" in values \
+                or any(not isinstance(a, str) or not _APP_HASH.match(a.lower()) for a in apps):
+            raise bad("approved-apps", "a non-empty list of SHA-256 hex digests, as `dpfl app-hash` prints them")
         return cls(data_source=data_source, max_epsilon=number("max-epsilon", None, positive=True),
                    declared_records=int(declared), max_delta=max_delta,
                    min_noise_multiplier=number("min-noise-multiplier", 0.0),
                    allow_not_private=flag("allow-not-private"), allow_private_metrics=flag("allow-private-metrics"),
                    accountants=names("accountants", ACCOUNTANT_NAMES), neighbouring=names("neighbouring", RELATIONS),
-                   state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(), source=source)
+                   state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(),
+                   approved_apps=tuple(dict.fromkeys(a.lower() for a in apps)), source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> OwnerPolicy:

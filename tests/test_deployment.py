@@ -388,7 +388,8 @@ def test_too_few_clients_left_ends_the_run_cleanly(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupted_launch_stops_every_process(tmp_path: Path, sig: int, code: int) -> None:
     flags = cli_flags({**BASE, "num-server-rounds": 5, "run-dir": tmp_path, "run-name": "stop"})
-    proc = start_dpfl("launch", "--clients", "2", *flags, log=tmp_path / "launch.out")
+    plaintext = ["--insecure"] if sig == signal.SIGINT else []  # the opt-out path starts and stops the same way
+    proc = start_dpfl("launch", "--clients", "2", *plaintext, *flags, log=tmp_path / "launch.out")
     try:
         fed = federation(tmp_path / "stop")  # written once every SuperNode has registered
         time.sleep(2)
@@ -421,7 +422,8 @@ def test_restarted_client_continues_its_ledger(tmp_path: Path) -> None:
         while is_alive(old) and time.monotonic() < deadline:
             time.sleep(0.1)
         client = start_dpfl("client", "--server", fed["superlink_address"], "--partition-id", "1",
-                            "--num-partitions", "2", "--insecure", log=tmp_path / "client.out")
+                            "--num-partitions", "2", "--certificates", fed["ca_cert"],
+                            "--node-key", fed["clients"]["client-1"]["node_key"], log=tmp_path / "client.out")
         assert proc.wait(timeout=300) == 0, (tmp_path / "launch.out").read_text()[-4000:]
     finally:
         for p in (proc, client):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from dpfl.simulations.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, console, error, fail
+from dpfl.simulations.cli.enrol import add_client_flags, add_server_flags, client_approved_apps
 from dpfl.simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args, explicit_keys
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SERVER_ADDRESS = "0.0.0.0:9092"
 ACTIVATED_RE = re.compile(r"Activated node_id=(\d+)")
+FLOWER_CONNECTION_ERROR = 305  # flwr.supercore.exit.ExitCode.SUPERNODE_CONNECTION_ERROR
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one data owner per file or folder (its name, without suffix, is the client id): "
                         "each SuperNode trains on its own records only, read with the run's dataset kind "
                         "and schema; sets num-clients")
-    _add_tls_flags(p, insecure_help="plaintext between the local processes (the default for launch)")
+    _add_tls_flags(p, insecure_help="plaintext, and any SuperNode is accepted (default: TLS with this launch's own "
+                                    "CA, a key per SuperNode enrolled before it starts, the Fleet-only gateway)")
     p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                    help="stop everything if the run has not finished after this long (0: no limit)")
     p.add_argument("--startup-timeout", type=float, default=120.0, metavar="SECONDS",
@@ -61,10 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "summary and stop.")
     p.add_argument("--address", "--fleet-address", dest="address", default=DEFAULT_SERVER_ADDRESS,
                    metavar="HOST:PORT",
-                   help=f"where the SuperLink listens (default {DEFAULT_SERVER_ADDRESS})")
+                   help=f"where the Fleet-only gateway listens for SuperNodes (default {DEFAULT_SERVER_ADDRESS}: "
+                        "every interface); the SuperLink itself, with the operator's Control API, listens on "
+                        "127.0.0.1 only")
     p.add_argument("--public-address", default=None, metavar="HOST:PORT",
                    help="the address clients use to reach this machine (for the printed commands)")
-    _add_tls_flags(p, insecure_help="serve plaintext HTTP (only on a trusted network)")
+    _add_tls_flags(p, insecure_help="serve plaintext HTTP (only on a trusted network; no enrolment possible)")
+    add_server_flags(p)
     p.add_argument("--database", default=None, metavar="FILE",
                    help="SuperLink state database (default: in memory)")
     p.add_argument("--flower-home", default=None, metavar="DIR",
@@ -106,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local port of the SuperNode's ClientApp runtime API (default: a free one)")
     _add_tls_flags(p, insecure_help="plaintext to the SuperLink (the default only for a loopback --server)",
                    client=True)
+    add_client_flags(p)
     p.add_argument("--flower-home", default=None, metavar="DIR",
                    help="FLWR_HOME of the SuperNode (default: a temporary directory)")
     _add_last_flags(p, cmd_client, run_config=False)
@@ -252,8 +259,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     write_client_ledger_index(run_path, policies)
     console.print(f"[bold]dpfl launch[/] · {cfg['dataset']} · {cfg['num-clients']} clients (SuperNodes) · "
                   f"model {cfg['model']} · {cfg['num-server-rounds']} rounds · "
-                  f"{'TLS' if certs else 'plaintext'}")
-    result = launch_federation(cfg, run_path, certs=certs, console=console, verbose=_verbose(args),
+                  f"{'plaintext, any SuperNode' if args.insecure else 'TLS, enrolled SuperNodes only'}")
+    result = launch_federation(cfg, run_path, certs=certs, secure=not args.insecure, console=console,
+                               verbose=_verbose(args),
                                timeout=args.timeout, startup_timeout=args.startup_timeout or 120.0,
                                client_threads=args.client_threads, node_configs=nodes)
     code = result.exit_code
@@ -279,26 +287,33 @@ def cmd_server(args: argparse.Namespace) -> int:
     from dpfl.simulations import apps
     from dpfl.simulations.data.datasets import DataError
     from dpfl.simulations.deploy.certs import CertificateError, certificate_hosts, load_certificates
-    from dpfl.simulations.deploy.flower import (
-        absolute_paths,
-        repo_root,
-        superlink_command,
-        write_flower_home,
-        write_run_config,
-    )
+    from dpfl.simulations.deploy.flower import absolute_paths, repo_root, write_flower_home, write_run_config
+    from dpfl.simulations.deploy.gateway import find_nginx
+    from dpfl.simulations.deploy.node_keys import NodeKeyError, enrolment_list
+    from dpfl.simulations.deploy.processes import free_ports
     from dpfl.simulations.deploy.supervisor import LaunchError
 
     try:
         if not args.certificates and not args.insecure:
             raise ConfigError("dpfl server needs --certificates DIR (make them with `dpfl certs DIR --host "
                               "NAME`) or --insecure for plaintext on a trusted network")
+        if args.insecure and args.enrol:
+            raise ConfigError("--enrol needs TLS (Flower's SuperNode authentication refuses plaintext): pass "
+                              "--certificates DIR instead of --insecure")
+        if args.certificates and not args.enrol and not args.any_node:
+            raise ConfigError("say which data owners this server admits: --enrol FILE|DIR (each owner's NAME.pub "
+                              "from `dpfl keys`), or --any-node to accept any SuperNode that holds ca.crt")
+        if args.enrol and args.any_node:
+            raise ConfigError("--enrol and --any-node contradict each other; give one")
         host, port = _split_address(args.address, "--address")
         public_host, public_port = _split_address(args.public_address, "--public-address") \
             if args.public_address else (host if host not in ("0.0.0.0", "::") else "<this machine>", port)
         certs = load_certificates(args.certificates) if args.certificates else None
+        enrolled = enrolment_list(args.enrol) if args.enrol else None
+        find_nginx()
         cfg = _config_and_preflight(args)
         root = repo_root()
-    except (ConfigError, DataError, CertificateError, LaunchError) as exc:
+    except (ConfigError, DataError, CertificateError, LaunchError, NodeKeyError) as exc:
         return fail(str(exc))
     if certs is not None and public_host != "<this machine>":
         names = certificate_hosts(certs.server_cert)
@@ -309,33 +324,46 @@ def cmd_server(args: argparse.Namespace) -> int:
     cfg = absolute_paths(cfg, run_path)
     home = (Path(args.flower_home).expanduser().resolve() if args.flower_home
             else run_path.parent / "flower-home")
-    local = f"127.0.0.1:{port}"
-    write_flower_home(home, "dpfl", local, ca_cert=certs.ca_cert if certs else None)
+    (control_port,) = free_ports(1)
+    write_flower_home(home, "dpfl", f"127.0.0.1:{control_port}", ca_cert=certs.ca_cert if certs else None)
     run_config = write_run_config(home / f"run-config-{run_path.name}.toml", cfg)
     tls = ["--certificates", "<dir with ca.crt>"] if certs else ["--insecure"]
     n = cfg["num-clients"]
-    console.print(f"[bold]dpfl server[/] · SuperLink on {args.address} ({'TLS' if certs else 'PLAINTEXT'})")
+    console.print(f"[bold]dpfl server[/] · Fleet gateway on {args.address} ({'TLS' if certs else 'PLAINTEXT'}"
+                  f"{', enrolled SuperNodes only' if enrolled else ', any SuperNode'}) · SuperLink and Control API "
+                  f"on 127.0.0.1:{control_port} only")
     if certs is None:
-        console.print("[yellow]warning: --insecure: model updates travel in plaintext; use --certificates "
-                      "outside a trusted network[/]")
+        console.print("[yellow]warning: --insecure: model updates travel in plaintext and any SuperNode can "
+                      "join; use --certificates and --enrol outside a trusted network[/]")
+    elif enrolled is None:
+        console.print("[yellow]warning: --any-node: any SuperNode that holds ca.crt joins and receives the "
+                      "model; enrol the data owners' keys with --enrol instead[/]")
+    if host in ("0.0.0.0", "::"):
+        console.print("  the gateway listens on every interface of this machine; it serves only the Fleet API "
+                      "(SuperNodes), never Control (`flwr run`, `flwr ls`, `flwr supernode register`)")
+    key = ["--node-key", "<owner's NAME.key>"] if enrolled else []
     console.print(f"Start each of the {n} clients on its machine (K = 0..{n - 1}):")
     console.print(f"  dpfl client --server {public_host}:{public_port} --partition-id K --num-partitions {n} "
-                  f"{' '.join(tls)} [--data-dir DIR] [--state-dir DIR]")
+                  f"{' '.join(tls + key)} [--data-dir DIR] [--state-dir DIR]")
     console.print("Submit the run from this machine (source checkout):")
     console.print(f"  FLWR_HOME={home} flwr run {root} dpfl --run-config {run_config} --stream")
+    if enrolled:
+        console.print(f"  enrol another owner later: FLWR_HOME={home} flwr supernode register NAME.pub dpfl")
     console.print(f"  (federation entry in {home / 'config.toml'}; run directory {run_path})")
     database = Path(args.database).expanduser().resolve() if args.database else None
-    command = superlink_command(host, port, certs, database=database)
-    return _serve(args, cfg, home, run_config, run_path, command)
+    return _serve(args, cfg, home, run_config, run_path,
+                  dict(public_host=host, public_port=port, certs=certs, enrolled=enrolled, database=database,
+                       control_port=control_port))
 
 
 def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Path, run_path: Path,
-           command: list[str]) -> int:
-    """Supervise the SuperLink in the foreground; with --submit, also wait for clients and run."""
+           link_options: dict[str, Any]) -> int:
+    """Supervise the SuperLink and its gateway in the foreground; with --submit, also wait for clients and run."""
     from dpfl.privacy.rundata import read_summary
     from dpfl.simulations.deploy.flower import flwr_run_command, repo_root
     from dpfl.simulations.deploy.launch import run_exit_code
     from dpfl.simulations.deploy.logs import LogPrinter
+    from dpfl.simulations.deploy.secure_link import enrolment_summary, start_secure_link
     from dpfl.simulations.deploy.supervisor import LaunchError, Supervisor
 
     log_dir = run_path / "logs" if args.submit else home / "logs"
@@ -344,17 +372,20 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
     sup = Supervisor(log_dir, printer)
 
     def run() -> int:
-        superlink = sup.start("superlink", command, env={"FLWR_HOME": str(home / "superlink")})
+        link = start_secure_link(sup, work_dir=home, startup_timeout=min(args.startup_timeout, 120.0),
+                                 operator_home=home, **link_options)
+        printer.info(enrolment_summary(link))
+        superlink = link.superlink
         if not args.submit:
-            while superlink.poll() is None:
+            while (problem := link.failure()) is None:
                 time.sleep(0.5)
-            return superlink.poll() or 0
+            raise LaunchError(problem)
         n = cfg["num-clients"]
         printer.info(f"waiting for {n} SuperNodes (up to {args.startup_timeout:.0f} s)")
         deadline = time.monotonic() + args.startup_timeout
         while len({m.group(1) for x in list(superlink.lines) if (m := ACTIVATED_RE.search(x))}) < n:
-            if superlink.poll() is not None:
-                raise LaunchError(f"flower-superlink exited; see {superlink.log_path}")
+            if (problem := link.failure()) is not None:
+                raise LaunchError(problem)
             if time.monotonic() > deadline:
                 raise LaunchError(f"fewer than {n} SuperNodes connected within "
                                   f"{args.startup_timeout:.0f} s")
@@ -363,8 +394,8 @@ def _serve(args: argparse.Namespace, cfg: RunConfig, home: Path, run_config: Pat
         server = sup.start("server", flwr_run_command(repo_root(), "dpfl", run_config),
                            env={"FLWR_HOME": str(home)})
         while server.poll() is None:
-            if superlink.poll() is not None:
-                raise LaunchError(f"flower-superlink died during the run; see {superlink.log_path}")
+            if (problem := link.failure()) is not None:
+                raise LaunchError(f"during the run: {problem}")
             time.sleep(0.2)
         server.wait_output(5.0)
         summary = read_summary(run_path)
@@ -396,9 +427,11 @@ def _check_own_data(args: argparse.Namespace) -> str | None:
 
 def cmd_client(args: argparse.Namespace) -> int:
     from dpfl.simulations.deploy.certs import CertificateError, load_certificates
-    from dpfl.simulations.deploy.flower import node_config_string, supernode_command
+    from dpfl.simulations.deploy.flower import node_config_string
     from dpfl.simulations.deploy.logs import LogPrinter
+    from dpfl.simulations.deploy.node_keys import NodeKeyError, check_private_key
     from dpfl.simulations.deploy.processes import free_ports
+    from dpfl.simulations.deploy.superexec import start_node
     from dpfl.simulations.deploy.supervisor import Supervisor
 
     try:
@@ -445,21 +478,28 @@ def cmd_client(args: argparse.Namespace) -> int:
         for key, value in (("data-dir", args.data_dir), ("state-dir", args.state_dir)):
             if value:
                 node[key] = str(Path(value).expanduser().resolve())
+        policy_apps: tuple[str, ...] = ()
         if args.privacy_policy:
             from dpfl.privacy.owner_policy import OwnerPolicy, OwnerPolicyError
 
             try:
-                OwnerPolicy.load(args.privacy_policy)  # a bad policy stops here, not in the first round
+                policy_apps = OwnerPolicy.load(args.privacy_policy).approved_apps  # a bad policy stops here
             except OwnerPolicyError as exc:
                 raise ConfigError(str(exc)) from None
             node["privacy-policy"] = str(Path(args.privacy_policy).expanduser().resolve())
+        node_key = check_private_key(args.node_key) if args.node_key else None
+        approved, approved_from = client_approved_apps(args, policy_apps)
         if args.data_dir and not Path(str(node["data-dir"])).is_dir():
             raise ConfigError(f"--data-dir {args.data_dir} is not a directory")
         node_config_string(node)  # rejects values Flower cannot parse
-    except (ConfigError, CertificateError) as exc:
+    except (ConfigError, CertificateError, NodeKeyError) as exc:
         return fail(str(exc))
     if ca is None:
         console.print(f"[yellow]warning: --insecure: traffic to {args.server} is plaintext[/]")
+    if node_key is None:
+        console.print("[yellow]warning: no --node-key: a server that admits only enrolled data owners refuses this "
+                      "client (make a key with `dpfl keys DIR --name NAME` and send NAME.pub to the operator)[/]")
+    console.print(f"  this node runs only app bundle(s) {', '.join(h[:16] for h in approved)}… ({approved_from})")
     port = args.port or free_ports(1)[0]
     name = args.client_id or f"client-{args.partition_id}"
     home_tmp = None if args.flower_home else tempfile.mkdtemp(prefix=f"dpfl-{name}-")
@@ -468,11 +508,17 @@ def cmd_client(args: argparse.Namespace) -> int:
     sup = Supervisor(home / "logs", printer)
 
     def run() -> int:
-        proc = sup.start(name, supernode_command(args.server, port, node, ca), env={"FLWR_HOME": str(home)})
+        proc = start_node(sup, name, args.server, port, node, ca, home=home, approved=approved, node_key=node_key)
         printer.info(f"{name} connecting to {args.server} ({'TLS' if ca else 'plaintext'}); Ctrl-C to stop")
         while proc.poll() is None:
             time.sleep(0.5)
-        return proc.poll() or 0
+        code = proc.poll() or 0
+        if code == FLOWER_CONNECTION_ERROR:
+            console.print(f"[bold red]error:[/] the SuperLink at {escape(args.server)} refused or dropped this "
+                          "node (Flower exit 305): a server that admits only enrolled data owners refuses a node "
+                          "whose key it does not know; send NAME.pub to the operator and pass --node-key NAME.key")
+            return 1
+        return code
 
     def cleanup() -> None:
         if home_tmp:

@@ -88,11 +88,14 @@ def superlink_command(host: str, port: int, certs: CertPaths | None, *,
 
 
 def supernode_command(superlink: str, port: int, node_config: Mapping[str, Any], ca_cert: Path | None,
-                      *, host: str = "127.0.0.1") -> list[str]:
-    """``flower-supernode`` for one client: its SuperLink, its own ClientApp runtime port, its node config."""
+                      *, host: str = "127.0.0.1", node_key: Path | None = None) -> list[str]:
+    """``flower-supernode`` for one client: its SuperLink, its own ClientApp runtime port, its node config,
+    and the private key it signs with when the SuperLink admits only enrolled nodes."""
     cmd = ["flower-supernode", "--superlink", superlink, "--host", host, "--port", str(port),
            "--node-config", node_config_string(node_config)]
     cmd += ["--root-certificates", str(ca_cert)] if ca_cert else ["--insecure"]
+    if node_key is not None:
+        cmd += ["--auth-supernode-private-key", str(node_key)]
     return cmd
 
 

@@ -17,7 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +26,19 @@ from rich.console import Console
 
 from dpfl.privacy.rundata import read_summary
 from dpfl.simulations.config import ConfigError, RunConfig
-from dpfl.simulations.deploy.certs import CertPaths
+from dpfl.simulations.deploy.approval import app_bundle_hash, approved_for_node
+from dpfl.simulations.deploy.certs import CertPaths, generate_certificates
 from dpfl.simulations.deploy.flower import (
     absolute_paths,
     flwr_run_command,
     repo_root,
-    superlink_command,
-    supernode_command,
-    write_flower_home,
     write_run_config,
 )
 from dpfl.simulations.deploy.logs import LogPrinter
+from dpfl.simulations.deploy.node_keys import EnrolledNode, generate_node_key
 from dpfl.simulations.deploy.processes import free_ports, port_listening
+from dpfl.simulations.deploy.secure_link import OPERATOR_FEDERATION, SecureLink, start_secure_link, wait_until
+from dpfl.simulations.deploy.superexec import start_node
 from dpfl.simulations.deploy.supervisor import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -49,7 +50,6 @@ from dpfl.simulations.deploy.supervisor import (
     sigterm_as_exception,
 )
 
-FEDERATION_NAME = "dpfl-local"
 SUPERNODE_ID_RE = re.compile(r"SuperNode ID:\s*(\d+)")
 
 
@@ -87,23 +87,11 @@ class LocalFederation:
     flower_home: str
     run_config: str
     marker: str
+    control_address: str = ""
+    node_auth: bool = False
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, *,
-          failed: Callable[[], str | None]) -> None:
-    """Poll ``predicate`` until true; a start-up failure (``failed`` says what) or the timeout raises."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        problem = failed()
-        if problem:
-            raise LaunchError(problem)
-        time.sleep(0.1)
-    raise LaunchError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _exit_words(code: int) -> str:
@@ -114,14 +102,61 @@ def _exit_words(code: int) -> str:
     return f"exit code {code}"
 
 
+def _start_federation(sup: Supervisor, printer: LogPrinter, cfg: RunConfig, root: Path, tmp: Path, *,
+                      certs: CertPaths | None, secure: bool, startup_timeout: float, threads: str,
+                      node_configs: list[dict[str, Any]] | None
+                      ) -> tuple[SecureLink, dict[str, ManagedProcess], list[int], dict[str, Path]]:
+    """SuperLink, gateway and SuperNodes up, every SuperNode registered (and enrolled first when secure)."""
+    n = cfg["num-clients"]
+    configs = node_configs or [{"partition-id": k, "num-partitions": n} for k in range(n)]
+    names = [f"client-{k}" for k in range(n)]
+    bundle = app_bundle_hash(root)
+    approved = [approved_for_node(c, bundle) for c in configs]  # a bad policy stops here, before any process
+    keys: dict[str, Path] = {}
+    enrolled: list[EnrolledNode] | None = None
+    if secure:
+        enrolled = []
+        for name in names:
+            keys[name], public = generate_node_key(tmp / "keys", name)
+            enrolled.append(EnrolledNode(name, public))
+    else:
+        printer.info("WARNING: --insecure: traffic between processes is plaintext and any SuperNode is "
+                     "accepted (fine on 127.0.0.1 for a trial; the default is TLS with enrolled nodes)",
+                     style="yellow")
+    public_port, *node_ports = free_ports(1 + n)
+    link = start_secure_link(sup, public_host="127.0.0.1", public_port=public_port, certs=certs,
+                             enrolled=enrolled, work_dir=tmp, startup_timeout=startup_timeout)
+    ca = certs.ca_cert if certs else None
+    nodes: dict[str, ManagedProcess] = {}
+    for k, name in enumerate(names):
+        nodes[name] = start_node(sup, name, link.public_address, node_ports[k], configs[k], ca, home=tmp / name,
+                                 approved=approved[k], node_key=keys.get(name), env={"OMP_NUM_THREADS": threads})
+
+    def registered() -> bool:
+        return all(any(SUPERNODE_ID_RE.search(x) for x in list(p.lines)) for p in nodes.values())
+
+    def node_failed() -> str | None:
+        dead = [f"{k} ({_exit_words(c)})" for k, p in nodes.items() if (c := p.poll()) is not None]
+        if dead:
+            return f"SuperNode {', '.join(dead)} exited at start; see {sup.log_dir}"
+        return link.failure()
+
+    wait_until(registered, startup_timeout, f"{n} SuperNodes to register with the SuperLink", node_failed)
+    return link, nodes, node_ports, keys
+
+
 def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None = None,
                       console: Console | None = None, verbose: bool = False, timeout: float = 0.0,
                       startup_timeout: float = 90.0, client_threads: int | None = None,
-                      node_configs: list[dict[str, Any]] | None = None) -> LaunchResult:
+                      node_configs: list[dict[str, Any]] | None = None, secure: bool = True) -> LaunchResult:
     """Run ``cfg`` on a local deployed federation: a SuperLink and num-clients SuperNodes on 127.0.0.1.
 
     ``cfg`` must be validated (and preflighted) by the caller; ``run_path`` is the run directory the
     ServerApp writes, exactly as for ``dpfl simulate``; process logs go to ``<run_path>/logs/``.
+    ``secure`` (the default) is what ``dpfl server`` does across machines: TLS (``certs``, else a fresh CA
+    for this launch), a node key per SuperNode enrolled before it starts, the Fleet-only gateway, and each
+    SuperNode running only the app bundle built from this checkout (or its owner policy's approved-apps).
+    ``secure=False`` is plaintext and admits any SuperNode, and says so.
     """
     console = console or Console(highlight=False)
     t0 = time.monotonic()
@@ -131,61 +166,33 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
     log_dir = run_path / "logs"
     printer = LogPrinter(console, verbose=verbose, merged_log=log_dir / "launch.log")
     tmp = Path(tempfile.mkdtemp(prefix="dpfl-launch-"))
+    tmp.chmod(0o755)  # the gateway's nginx workers read their folder below it
     sup = Supervisor(log_dir, printer)
     result = LaunchResult(exit_code=1, run_path=run_path, summary=None)
     threads = str(client_threads or os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // n))
     try:
         with sigterm_as_exception():
-            link_port, *node_ports = free_ports(1 + n)
-            link_addr = f"127.0.0.1:{link_port}"
+            if secure and certs is None:
+                certs = generate_certificates(tmp / "certs")  # this launch's own CA, gone with it
+            link, nodes, node_ports, keys = _start_federation(
+                sup, printer, cfg, root, tmp, certs=certs, secure=secure, startup_timeout=startup_timeout,
+                threads=threads, node_configs=node_configs)
+            superlink = link.superlink
             ca = certs.ca_cert if certs else None
-            if certs is None:
-                printer.info("WARNING: --insecure: traffic between processes is plaintext (fine on "
-                             "127.0.0.1; use --certificates DIR for TLS)", style="yellow")
-            superlink = sup.start("superlink", superlink_command("127.0.0.1", link_port, certs),
-                                  env={"FLWR_HOME": str(tmp / "superlink")})
-
-            def superlink_failed() -> str | None:
-                code = superlink.poll()
-                return None if code is None else f"flower-superlink exited at start ({_exit_words(code)}); " \
-                                                 f"see {superlink.log_path}"
-
-            # SuperNodes start at once (they retry until the SuperLink listens): their imports overlap its own
-            nodes: dict[str, ManagedProcess] = {}
-            for k in range(n):
-                name = f"client-{k}"
-                node_cfg = node_configs[k] if node_configs else {"partition-id": k, "num-partitions": n}
-                nodes[name] = sup.start(
-                    name, supernode_command(link_addr, node_ports[k], node_cfg, ca),
-                    env={"FLWR_HOME": str(tmp / name), "OMP_NUM_THREADS": threads})
-
-            _wait(lambda: port_listening(link_port), startup_timeout, f"flower-superlink on {link_addr}",
-                  failed=superlink_failed)
-
-            def registered() -> bool:
-                return all(any(SUPERNODE_ID_RE.search(x) for x in list(p.lines)) for p in nodes.values())
-
-            def node_failed() -> str | None:
-                dead = [f"{k} ({_exit_words(c)})" for k, p in nodes.items() if (c := p.poll()) is not None]
-                if dead:
-                    return f"SuperNode {', '.join(dead)} exited at start; see {log_dir}"
-                return superlink_failed()
-
-            _wait(registered, startup_timeout, f"{n} SuperNodes to register with the SuperLink",
-                  failed=node_failed)
-            printer.info(f"SuperLink {link_addr} ({'TLS' if certs else 'plaintext'}), {n} SuperNodes "
-                         f"registered; logs in {log_dir}")
-            home = tmp / "cli"
-            write_flower_home(home, FEDERATION_NAME, link_addr, ca_cert=ca)
+            printer.info(f"SuperLink {link.control_address} behind the Fleet gateway {link.public_address} "
+                         f"({'TLS, enrolled SuperNodes only' if secure else 'plaintext, any SuperNode'}), "
+                         f"{n} SuperNodes registered; logs in {log_dir}")
+            home = link.operator_home
             run_config = write_run_config(log_dir / "run-config.toml", cfg)
             LocalFederation(
-                superlink_address=link_addr, superlink_pid=superlink.pid, tls=certs is not None,
+                superlink_address=link.public_address, superlink_pid=superlink.pid, tls=ca is not None,
                 ca_cert=str(ca) if ca else None, flower_home=str(home), run_config=str(run_config),
-                marker=sup.marker,
-                clients={k: {"pid": p.pid, "port": node_ports[i], "partition-id": i,
-                             "command": p.argv} for i, (k, p) in enumerate(nodes.items())},
+                marker=sup.marker, control_address=link.control_address, node_auth=secure,
+                clients={k: {"pid": p.pid, "port": node_ports[i], "partition-id": i, "command": p.argv,
+                             "node_key": str(keys[k]) if k in keys else None}
+                         for i, (k, p) in enumerate(nodes.items())},
             ).write(log_dir / "federation.json")
-            server = sup.start("server", flwr_run_command(root, FEDERATION_NAME, run_config),
+            server = sup.start("server", flwr_run_command(root, OPERATOR_FEDERATION, run_config),
                                env={"FLWR_HOME": str(home)})
             reported: set[str] = set()
             while server.poll() is None:

@@ -5,8 +5,8 @@ ServerApp's one line per round, every error with its traceback, and each distinc
 full output of every process stays in its own log file (the supervisor writes those) and, unfiltered,
 in the merged log.
 
-Known: ``KNOWN_NOISE`` hides Flower's "SuperNode authentication is disabled" warning, which the
-project's Flower notes say must never be filtered; another issue changes that.
+Flower's security warnings (plaintext ``--insecure``, "SuperNode authentication is disabled") are never
+filtered: each shows once, like every other distinct warning.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ FLOWER_NOISE = re.compile(
 )
 IMPORTANT = re.compile(r"ERROR|CRITICAL|Traceback|Exception|Error:|error:|Killed|FAILED")
 WARNING = re.compile(r"WARN", re.IGNORECASE)
-KNOWN_NOISE = re.compile(r"--insecure|SuperNode authentication is disabled|FutureWarning: Tip|"
+KNOWN_NOISE = re.compile(r"FutureWarning: Tip|"
                          r"warnings\.warn\(|Since flwr 1\.32|RAY_DEDUP_LOGS|"
                          r"Manually terminating ClientAppActor")
 STYLES = ("green", "yellow", "blue", "magenta", "cyan", "bright_green", "bright_yellow", "bright_blue")
@@ -58,7 +58,7 @@ class LogPrinter:
     def style(self, name: str) -> str:
         if name in self.server_names:
             return "bold cyan"
-        if name == "superlink":
+        if name in ("superlink", "gateway"):
             return "bold magenta"
         if name == "launch":
             return "bold"
