@@ -12,6 +12,7 @@ count N (or 1 for uniform weights). Losses and accuracies on private data are se
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,8 +23,16 @@ from flwr.clientapp import ClientApp
 
 from dpfl.client.ledger_store import LedgerConflictError, ledger_path, load_ledger, remember
 from dpfl.client.randomness import dp_generators, pick_device
+from dpfl.client.resend import StoredUpdate, load_update, model_digest, store_update, update_path
 from dpfl.client.settings import ClientSettings
-from dpfl.client.terms import Declined, budget_verdict, max_rounds, plan_round, prior_epsilon, prior_runs
+from dpfl.client.terms import (
+    Declined,
+    budget_verdict,
+    max_rounds,
+    plan_round,
+    prior_epsilon,
+    prior_runs,
+)
 from dpfl.client.training import train_locally
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
@@ -98,6 +107,27 @@ def _set_up(setup: SetupFn, context: Context) -> ClientSetup:
         raise Declined(wire.CLIENT_FAILED, f"node {context.node_id} cannot take part: {reason}") from None
 
 
+def paid_for(ledger: Ledger, run: str, server_round: int) -> bool:
+    """Whether this client's ledger already holds its release for round ``server_round`` of ``run``."""
+    return any(e.get("run", run) == run and e.get("round") == server_round for e in ledger.entries)
+
+
+def _resend(s: ClientSetup, msg: Message, ledger_file: Path | None, run: str, server_round: int,
+            incoming: dict[str, torch.Tensor]) -> Message:
+    """The update this client already paid for in round ``server_round`` (a resumed server asks again), or a
+    refusal of that round: it never trains, and pays, for one round twice."""
+    stored = load_update(update_path(ledger_file), run, server_round, model_digest(incoming)) if ledger_file else None
+    if stored is None:
+        raise Declined(wire.CLIENT_FAILED, f"{s.client_id}: already paid for round {server_round} of this run, and "
+                       "the update it paid for is not stored for this model; it will not train that round twice "
+                       "(the charge stands)")
+    log.info("%s: round %d was paid for before the server was interrupted; re-sending that update", s.client_id,
+             server_round)
+    content = RecordDict({wire.ARRAYS: ArrayRecord(OrderedDict(stored.arrays)),
+                          wire.METRICS: MetricRecord(stored.metrics), wire.RELEASE: ConfigRecord(stored.release)})
+    return Message(content=content, reply_to=msg)
+
+
 def build_client_app(setup: SetupFn) -> ClientApp:
     app = ClientApp()
 
@@ -117,7 +147,8 @@ def build_client_app(setup: SetupFn) -> ClientApp:
             terms = wire.ClientTerms(
                 client_id=s.client_id, release=per_round, neighbouring=relation,
                 declared_records=s.declared_records,
-                max_rounds=max_rounds(s.settings, s.owner_policy, ledger, run_path, per_round, delta),
+                max_rounds=max_rounds(s.settings, s.owner_policy, ledger, run_path, per_round, delta,
+                                      request.server_round),
                 prior_epsilon=prior_epsilon(ledger, run_path, delta, accountant, relation),
                 prior_runs=prior_runs(ledger, run_path))
         except Declined as exc:
@@ -133,8 +164,12 @@ def build_client_app(setup: SetupFn) -> ClientApp:
         cfg = s.settings
         instruction = wire.read_train_instruction(msg.content[wire.CONFIG])
         server_round, delta, run_path = instruction.server_round, instruction.delta, instruction.run_path
+        incoming = msg.content[wire.ARRAYS].to_torch_state_dict()
+        ledger_file = _ledger_file(s, run_path)
         try:
             ledger = _open_ledger(s, context, run_path)
+            if paid_for(ledger, run_path, server_round):
+                return _resend(s, msg, ledger_file, run_path, server_round, incoming)
             per_round = plan_round(cfg, s.owner_policy, s.declared_records, delta, s.client_id)
             release = None if per_round is None else replace(per_round, round=server_round)
             if release is not None:
@@ -144,7 +179,7 @@ def build_client_app(setup: SetupFn) -> ClientApp:
 
         device = pick_device(cfg.device)
         model = build_model(cfg.model, s.input_shape, s.num_classes, fix=cfg.fix_model)
-        model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+        model.load_state_dict(incoming)
         sampling_gen, noise_gen = dp_generators(
             deterministic=cfg.policy.deterministic_noise, seed=cfg.seed,
             partition_id=s.partition_id, server_round=server_round, device=device)
@@ -154,14 +189,8 @@ def build_client_app(setup: SetupFn) -> ClientApp:
                                 noise_generator=noise_gen, device=device)
 
         eps = 0.0
-        if release is not None:
-            # Pay before the update leaves: durable on disk first, then mirrored in context.state. The
-            # ledger may hold earlier runs on these records: epsilon composes over all of them.
+        if release is not None:  # the ledger may hold earlier runs on these records: epsilon composes over all
             eps = epsilon([*ledger.releases, release], delta, cfg.policy.accountant, neighbouring=cfg.neighbouring)
-            ledger.append(release, delta=delta, accountant=cfg.policy.accountant, epsilon=eps,
-                          **_entry_fields(s, run_path))
-            remember(context, ledger)
-
         release_metrics, release_info = wire.release_to_wire(s.client_id, release)
         metrics: dict[str, float | int] = {
             wire.NUM_EXAMPLES: s.declared_records if cfg.aggregation_weights == "declared" else 1,
@@ -175,7 +204,17 @@ def build_client_app(setup: SetupFn) -> ClientApp:
             metrics[wire.TRAIN_LOSS] = outcome.mean_loss
             metrics[wire.TRAIN_EXAMPLES_SEEN] = outcome.examples_seen
         model.to("cpu")
-        content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.METRICS: MetricRecord(metrics),
+        update = model.state_dict()
+        if release is not None:
+            # Kept first (it has not left yet), then paid: durable on disk, then mirrored in context.state; only
+            # then does the update leave. A resumed server asking for this round again gets this very update.
+            if ledger_file is not None:
+                store_update(update_path(ledger_file), StoredUpdate(run_path, server_round, model_digest(incoming),
+                                                                    dict(update), metrics, release_info))
+            ledger.append(release, delta=delta, accountant=cfg.policy.accountant, epsilon=eps,
+                          **_entry_fields(s, run_path))
+            remember(context, ledger)
+        content = RecordDict({wire.ARRAYS: ArrayRecord(update), wire.METRICS: MetricRecord(metrics),
                               wire.RELEASE: ConfigRecord(release_info)})
         return Message(content=content, reply_to=msg)
 

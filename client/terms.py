@@ -95,15 +95,23 @@ def budget_verdict(settings: ClientSettings, owner: OwnerPolicy | None, ledger: 
                                                   f"every run on these records: {verdict.reason}")
 
 
+def paid_from(ledger: Ledger, run: str, server_round: int) -> int:
+    """How many of this run's releases are for round ``server_round`` or later: rounds this client already paid
+    for that a resumed server will ask for again (they are re-sent, not paid again; client/resend.py)."""
+    return sum(1 for e in ledger.entries if e.get("run", run) == run and int(e.get("round", 0)) >= server_round)
+
+
 def max_rounds(settings: ClientSettings, owner: OwnerPolicy | None, ledger: Ledger, run: str,
-               release: DpSgdRelease | None, delta: float) -> int:
-    """How many more rounds of ``release`` this client accepts in this run (bisection on the count:
-    epsilon grows with every release)."""
+               release: DpSgdRelease | None, delta: float, server_round: int = 1) -> int:
+    """How many more rounds of ``release`` this client accepts in this run, from ``server_round`` on: the
+    rounds it already paid for from there (re-sent for free), plus the new releases that fit (bisection on
+    the count: epsilon grows with every release)."""
     mine, _ = split_by_run(ledger, run)
     everything = ledger.releases
+    ahead = paid_from(ledger, run, server_round)
     cap = settings.policy.participation_cap - len(mine)
     if release is None or cap <= 0:
-        return max(cap, 0)
+        return ahead + max(cap, 0)
     accountant, relation = settings.policy.accountant, settings.neighbouring
 
     def fits(k: int) -> bool:
@@ -117,12 +125,12 @@ def max_rounds(settings: ClientSettings, owner: OwnerPolicy | None, ledger: Ledg
                                         neighbouring=relation) <= owner.max_epsilon
 
     if fits(cap):
-        return cap
+        return ahead + cap
     lo, hi = 0, cap  # fits(lo), not fits(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return ahead + lo
 
 
 def prior_runs(ledger: Ledger, run: str) -> tuple[str, ...]:

@@ -110,16 +110,17 @@ def read_train_instruction(config: Mapping[str, Any]) -> TrainInstruction:
                             run_path=str(config.get(CFG_RUN_PATH, "")))
 
 
-def terms_request(delta: float, run_path: str) -> dict[str, Any]:
-    """The terms query's ConfigRecord content: the federation's delta and the run, before round 1."""
-    return {CFG_QUERY: QUERY_TERMS, CFG_DELTA: delta, CFG_RUN_PATH: run_path}
+def terms_request(delta: float, run_path: str, server_round: int = 1) -> dict[str, Any]:
+    """The terms query's ConfigRecord content: the federation's delta, the run, and the first round the
+    client may be asked to train in (after a restart or a resume, a later one)."""
+    return {CFG_QUERY: QUERY_TERMS, CFG_DELTA: delta, CFG_RUN_PATH: run_path, CFG_ROUND: server_round}
 
 
 def read_terms_request(config: Mapping[str, Any]) -> TrainInstruction:
-    """A terms query, checked like a train instruction (its round is 0: nothing is trained yet)."""
+    """A terms query, checked like a train instruction (round 1 when the query names none)."""
     if config.get(CFG_QUERY) != QUERY_TERMS:
         raise WireError(f"query: {CFG_QUERY}={config.get(CFG_QUERY)!r} is not valid: expected {QUERY_TERMS!r}")
-    return read_train_instruction({**config, CFG_ROUND: 1})
+    return read_train_instruction({CFG_ROUND: 1, **config})
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,13 @@ from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import PolicyError
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
-from dpfl.privacy.rundata import CONFIG_FILE, SUMMARY_FILE
+from dpfl.privacy.rundata import CONFIG_FILE, RUN_DIRECTORY_KEYS, SUMMARY_FILE, read_config
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.environment import describe_environment
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.inputs import describe_inputs
 from dpfl.server.reply_checks import UpdateBound
+from dpfl.server.resume import ResumeError, check_same_run, resume
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
@@ -58,11 +59,21 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
     rundir = RunDirectory(s.run_path).create()
-    rundir.write_json(CONFIG_FILE, {**settings.run_config, "resolved": {"delta": delta,
-                                                          "max-participations": policy.participation_cap},
-                                      "privacy-statement": policy.statement(),
-                                      "environment": describe_environment(settings.run_config.get("device", "auto")),
-                                      "inputs": describe_inputs(settings.run_config, model)})
+    resuming = bool(settings.run_config.get("resume"))
+    if resuming:  # config.json stays the interrupted run's own: the resumed run must be the same run
+        stored = read_config(rundir.path)
+        if stored is None:
+            raise ServerConfigError(f"cannot resume: {rundir.path} holds no config.json; it is not a dpfl run")
+        try:
+            check_same_run({k: v for k, v in stored.items() if k not in RUN_DIRECTORY_KEYS}, settings.run_config)
+        except ResumeError as exc:
+            raise ServerConfigError(str(exc)) from None
+    else:
+        rundir.write_json(CONFIG_FILE, {
+            **settings.run_config, "resolved": {"delta": delta, "max-participations": policy.participation_cap},
+            "privacy-statement": policy.statement(),
+            "environment": describe_environment(settings.run_config.get("device", "auto")),
+            "inputs": describe_inputs(settings.run_config, model)})
     roster = Roster(ledger_dir=rundir.ledgers, delta=delta, accountant=policy.accountant,
                     max_participations=policy.participation_cap, budget=policy.budget,
                     neighbouring=settings.neighbouring, run=str(rundir.path),
@@ -84,9 +95,16 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         log.info(line)
     log.info("delta = %.3g for every client; accountant %s; neighbouring relation %s", delta, policy.accountant,
              settings.neighbouring)
+    initial, start_round = ArrayRecord(model.state_dict()), 1
+    if resuming:
+        try:
+            resumed = resume(rundir, roster, strategy, strategy.post_processing)
+        except ResumeError as exc:
+            raise ServerConfigError(str(exc)) from None
+        start_round, initial = resumed.start_round, resumed.arrays or initial
     result = run_federation(grid=grid, settings=settings, strategy=strategy, roster=roster, evaluate=evaluate,
-                            rundir=rundir, initial_arrays=ArrayRecord(model.state_dict()), delta=delta,
-                            reporter=s.reporter)
+                            rundir=rundir, initial_arrays=initial, delta=delta, reporter=s.reporter,
+                            start_round=start_round)
     rundir.save_model(result.arrays.to_torch_state_dict())
     wall = time.perf_counter() - t_start
     rundir.write_json(SUMMARY_FILE, {

@@ -114,3 +114,28 @@ class PostProcessing:
     def release(self, model: ArrayRecord) -> ArrayRecord:
         """The model that is evaluated, saved and reported this round."""
         return self.ema.update(model)
+
+    def tensors(self) -> dict[str, list[torch.Tensor] | None]:
+        """What a checkpoint must keep to resume exactly: each server optimizer's velocity and the EMA."""
+        out: dict[str, list[torch.Tensor] | None] = {"ema": _tensors(self.ema.average)}
+        for k, step in enumerate(self.steps):
+            if isinstance(step, ServerOptimizer):
+                out[f"velocity-{k}"] = _tensors(step.velocity)
+        return out
+
+    def restore(self, tensors: dict[str, object]) -> None:
+        """Put back what ``tensors`` returned (a checkpoint's); a missing entry leaves the state empty."""
+        self.ema.average = _arrays(tensors.get("ema"))
+        for k, step in enumerate(self.steps):
+            if isinstance(step, ServerOptimizer):
+                step.velocity = _arrays(tensors.get(f"velocity-{k}"))
+
+
+def _tensors(arrays: list[np.ndarray] | None) -> list[torch.Tensor] | None:
+    return None if arrays is None else [torch.from_numpy(np.array(a, copy=True)) for a in arrays]
+
+
+def _arrays(tensors: object) -> list[np.ndarray] | None:
+    if not isinstance(tensors, list):
+        return None
+    return [t.numpy().copy() for t in tensors if isinstance(t, torch.Tensor)]

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from dpfl.privacy import wire
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
+from dpfl.server.resume import checkpoint_state
 from dpfl.server.roster import REFUSALS, Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
@@ -150,8 +151,8 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
             if not math.isfinite(loss):
                 row["loss"] = None
             rundir.append_metrics(row)
-            rundir.save_checkpoint(server_round, arrays.to_torch_state_dict(),
-                                   {"roster": roster.state(), "rng": _rng_state(strategy)})
+            rundir.save_checkpoint(server_round, arrays.to_torch_state_dict(), strategy.post_processing.tensors(),
+                                   checkpoint_state(roster, strategy))
             history.append(row)
             rounds_done = server_round
             reporter.round({**row, "loss": loss})
@@ -186,7 +187,3 @@ def _client_side_evaluation(strategy: DpFedAvg, grid: Grid, server_round: int, a
         if metrics is not None:
             log.info("round %d client-side evaluation (NOT DP, private data): %s", server_round, dict(metrics))
 
-
-def _rng_state(strategy: DpFedAvg) -> list:
-    version, internal, gauss = strategy.rng.getstate()
-    return [version, list(internal), gauss]

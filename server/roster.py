@@ -43,6 +43,7 @@ class ClientStatus:
     last_release: DpSgdRelease | None = None
     events: list[dict] = field(default_factory=list)  # declines and drops, with rounds
     terms: ClientTerms | None = None
+    terms_base: int = 0  # participations when the terms were stated: terms.max_rounds counts rounds after it
 
 
 class Roster:
@@ -109,7 +110,7 @@ class Roster:
             raise WireError(f"terms reply: neighbouring={terms.neighbouring!r} but this run accounts "
                             f"{self.neighbouring!r}")
         st = self.bind(node_id, terms.client_id)
-        st.terms = terms
+        st.terms, st.terms_base = terms, st.participations
         if st.status in REFUSALS:
             st.status, st.reason = "active", ""
         return st
@@ -136,13 +137,12 @@ class Roster:
         st = self.clients[client_id]
         if st.terms is None or st.status in ("exhausted", "max-participations", *REFUSALS):
             return False
-        cap = min(self.max_participations, st.terms.max_rounds)
-        if st.participations >= cap:
-            if cap < self.max_participations:
-                st.status, st.reason = "exhausted", (f"its terms allow {st.terms.max_rounds} round(s) in this run "
-                                                     "(its own budget)")
-            else:
-                st.status, st.reason = "max-participations", f"took part in {st.participations} rounds (the maximum)"
+        if st.participations >= self.max_participations:
+            st.status, st.reason = "max-participations", f"took part in {st.participations} rounds (the maximum)"
+            return False
+        if st.participations - st.terms_base >= st.terms.max_rounds:
+            st.status, st.reason = "exhausted", (f"its terms allow {st.terms.max_rounds} more round(s) in this run "
+                                                 "(its own budget)")
             return False
         release = st.terms.release
         if self.budget > 0 and release is not None:
@@ -165,7 +165,9 @@ class Roster:
         assert st.terms is not None, "only clients with terms are sampled"
         release = None if st.terms.release is None else replace(st.terms.release, round=server_round)
         eps = st.epsilon
-        if release is not None:
+        if release is not None and (booked := self._booked_before_interruption(client_id, release)) is not None:
+            eps = booked  # this very charge is on the ledger already: a resumed run re-runs its round
+        elif release is not None:
             ledger = self.ledgers[client_id]
             eps = epsilon([*ledger.releases, release], self.delta, self.accountant, neighbouring=self.neighbouring)
             ledger.append(release, delta=self.delta, accountant=self.accountant, epsilon=eps, client=client_id,
@@ -177,6 +179,21 @@ class Roster:
         if release is not None:
             st.epsilon, st.last_release = eps, release
         return release
+
+    def _booked_before_interruption(self, client_id: str, release: DpSgdRelease) -> float | None:
+        """The epsilon of a charge for exactly this release (round, sigma, q, steps) of this run that is already
+        the last line of the client's ledger: booked just before the run was killed, so the resumed run reuses
+        it instead of charging the same round twice. Any other line is no match: that charge is booked."""
+        entries = self.ledgers[client_id].entries
+        if not entries:
+            return None
+        last = entries[-1]
+        same = (last.get("run") == self.run and release_from_dict(last) == release
+                and last.get("delta") == self.delta and last.get("accountant") == self.accountant)
+        if same:
+            log.info("%s: round %d was charged before the interruption; that charge stands and is not booked "
+                     "again", client_id, release.round)
+        return float(last["epsilon"]) if same else None
 
     def check_reply(self, node_id: int, client_id: str, release: DpSgdRelease | None) -> None:
         """A reply must come from the client charged and describe the release charged; WireError if not
@@ -250,14 +267,18 @@ class Roster:
         }
 
     def restore(self, state: dict) -> None:
-        """Resume from a checkpoint; the ledgers themselves are re-read from disk."""
+        """Resume from a checkpoint: each client's participations, status and events. Its epsilon comes from
+        its ledger, re-read from disk (which may hold the interrupted round's charge). Node ids are not
+        restored: nodes register anew after a restart and state their terms again (then the participations
+        so far are the base their new terms count from)."""
         for cid, d in state.get("clients", {}).items():
             st = self.client(cid)
-            st.participations, st.status, st.reason = d["participations"], d["status"], d["reason"]
-            st.epsilon, st.events = d["epsilon"], list(d["events"])
+            st.participations, st.reason = int(d["participations"]), str(d["reason"])
+            st.status = d["status"] if d["status"] in ("exhausted", "max-participations") else "active"
+            st.events = list(d["events"])
             st.last_release = release_from_dict(d["last_release"]) if d.get("last_release") else None
-            st.terms = _terms_from_state(cid, d.get("terms"))
-        self.node_to_client = {int(k): v for k, v in state.get("node_to_client", {}).items()}
+            entries = self.ledgers[cid].entries
+            st.epsilon = float(entries[-1]["epsilon"]) if entries else float(d["epsilon"])
 
 
 def _terms_state(terms: ClientTerms | None) -> dict | None:
@@ -267,11 +288,3 @@ def _terms_state(terms: ClientTerms | None) -> dict | None:
             "declared_records": terms.declared_records, "max_rounds": terms.max_rounds,
             "prior_epsilon": terms.prior_epsilon, "prior_runs": list(terms.prior_runs)}
 
-
-def _terms_from_state(client_id: str, d: dict | None) -> ClientTerms | None:
-    if not d:
-        return None
-    release = release_from_dict(d["release"]) if d.get("release") else None
-    return ClientTerms(client_id=client_id, release=release, neighbouring=d["neighbouring"],  # type: ignore[arg-type]
-                       declared_records=int(d["declared_records"]), max_rounds=int(d["max_rounds"]),
-                       prior_epsilon=float(d["prior_epsilon"]), prior_runs=tuple(d["prior_runs"]))

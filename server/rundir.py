@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+CHECKPOINT_FORMAT = 2  # model + post-processing tensors in .pt; roster, RNG and ledger heads in .json
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One complete checkpoint: after ``round``, the training iterate ``model``, the post-processing
+    ``tensors`` and the JSON ``state``; ``path`` is its .pt file."""
+
+    round: int
+    model: dict[str, torch.Tensor]
+    tensors: dict[str, Any]
+    state: dict[str, Any]
+    path: Path
 
 
 class RunDirectory:
@@ -78,25 +94,52 @@ class RunDirectory:
         return read_metrics(self.path)
 
     def save_checkpoint(self, server_round: int, state_dict: Mapping[str, torch.Tensor],
-                        server_state: Mapping[str, Any]) -> None:
-        """Global model and server state after a round: enough to resume from it."""
+                        tensors: Mapping[str, list[torch.Tensor] | None], server_state: Mapping[str, Any]) -> None:
+        """Everything needed to resume after ``server_round``: the training iterate, the post-processing
+        tensors (server momentum, EMA), and the JSON state (roster, RNG, ledger heads). The .pt file first,
+        then the .json: a checkpoint counts only once both are complete."""
         model_path = self.checkpoints / f"round-{server_round:04d}.pt"
         tmp = model_path.with_suffix(".pt.tmp")
-        torch.save(dict(state_dict), tmp)
+        torch.save({"model": dict(state_dict), **{k: v for k, v in tensors.items()}}, tmp)
         os.replace(tmp, model_path)
-        self.write_json(f"checkpoints/round-{server_round:04d}.json", {"round": server_round, **server_state})
+        self.write_json(f"checkpoints/round-{server_round:04d}.json",
+                        {"round": server_round, "format": CHECKPOINT_FORMAT, **server_state})
         # keep the newest two model checkpoints: enough to resume, without filling the disk
         for old in sorted(self.checkpoints.glob("round-*.pt"))[:-2]:
             old.unlink(missing_ok=True)
 
-    def latest_checkpoint(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
-        models = sorted(self.checkpoints.glob("round-*.pt"))
-        for model_path in reversed(models):
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint whose two files are complete and readable, or None."""
+        for model_path in sorted(self.checkpoints.glob("round-*.pt"), reverse=True):
             state_path = model_path.with_suffix(".json")
-            if state_path.exists():
+            try:
                 state = json.loads(state_path.read_text())
-                return int(state["round"]), torch.load(model_path, weights_only=True), state
+                payload = torch.load(model_path, weights_only=True)
+            except (OSError, ValueError, RuntimeError, EOFError):
+                continue  # torn by the kill: the one before it is complete
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
+                    or not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+                continue
+            tensors = {k: v for k, v in payload.items() if k != "model"}
+            return Checkpoint(int(state["round"]), payload["model"], tensors, state, model_path)
         return None
+
+    def truncate_metrics(self, last_round: int) -> int:
+        """Keep the metrics rows of rounds 1..``last_round`` (atomically); how many rows were dropped."""
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return 0
+        lines = [x for x in path.read_text().splitlines() if x.strip()]
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line
+            if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= last_round:
+                kept.append(line)
+        atomic_write_text(path, "".join(x + "\n" for x in kept))
+        return len(lines) - len(kept)
 
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> Path:
         target = self.path / "model.pt"

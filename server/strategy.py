@@ -89,6 +89,9 @@ class DpFedAvg(FedAvg):
                 f"(min-train-clients is {self.min_train_nodes}); the others are out of budget, at their "
                 "participation cap or gone")
             return []
+        # sampled in client-id order, not node-id order: node ids change when nodes re-register (a restart,
+        # a resumed run), client ids do not, so the same RNG state picks the same clients
+        eligible.sort(key=lambda n: self.roster.node_to_client[n])
         chosen = self.rng.sample(eligible, min(self.sample_size(), len(eligible)))
         self._sent_arrays = arrays
         self._sent_model = SentModel.of(arrays)

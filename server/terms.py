@@ -27,7 +27,7 @@ def ask_terms(grid: Grid, nodes: Iterable[int], roster: Roster, *, delta: float,
     nodes = sorted(nodes)
     if not nodes:
         return []
-    config = ConfigRecord(wire.terms_request(delta, run_path))
+    config = ConfigRecord(wire.terms_request(delta, run_path, server_round))
     messages = [Message(content=RecordDict({wire.CONFIG: config}), message_type=MessageType.QUERY, dst_node_id=n)
                 for n in nodes]
     events: list[dict] = []

@@ -186,6 +186,8 @@ def test_only_enrolled_nodes_join_and_nobody_reaches_control_from_outside(tmp_pa
         assert listed.returncode != 0 and "403" in listed.stdout + listed.stderr
         enrolled_self = _flwr(outsider, "supernode", "register", str(tmp_path / "keys" / "mallory.pub"), "fed")
         assert enrolled_self.returncode != 0 and "403" in enrolled_self.stdout + enrolled_self.stderr
+        submitted = _flwr(outsider, "run", str(repo_root()), "fed")  # its own app, were Control reachable
+        assert submitted.returncode != 0 and "403" in submitted.stdout + submitted.stderr
         # the operator, on this machine, sees only the enrolled node
         nodes = _flwr(link.operator_home, "supernode", "list", "dpfl", "--format", "json")
         assert nodes.returncode == 0, nodes.stdout + nodes.stderr

@@ -23,6 +23,7 @@ from dpfl.simulations.cli.enrol import add_client_flags, add_server_flags, clien
 from dpfl.simulations.config import ConfigError, RunConfig, add_config_flags, config_from_args, explicit_keys
 
 if TYPE_CHECKING:
+    from dpfl.simulations.deploy.launch import LaunchResult
     from dpfl.simulations.deploy.logs import LogPrinter
     from dpfl.simulations.deploy.supervisor import Supervisor
 
@@ -215,7 +216,6 @@ def _supervised(sup: Supervisor, printer: LogPrinter, run: Callable[[], int],
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from dpfl.privacy.rundata import has_metrics
     from dpfl.simulations import apps
     from dpfl.simulations.data.datasets import DataError
     from dpfl.simulations.deploy.certs import CertificateError, load_certificates
@@ -252,11 +252,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, CertificateError, LaunchError) as exc:
         return fail(str(exc))
     run_path = apps.default_run_path(cfg)
-    if has_metrics(run_path):
-        return fail(f"run directory {run_path} already holds a run; choose another --run-name")
-    from dpfl.simulations.engines.simulate import write_client_ledger_index
+    from dpfl.simulations.engines.run_plan import write_plan
+    from dpfl.simulations.engines.simulate import check_run_directory, write_client_ledger_index
 
+    try:
+        check_run_directory(run_path, bool(cfg["resume"]))
+    except ConfigError as exc:
+        return fail(str(exc))
     write_client_ledger_index(run_path, policies)
+    if not cfg["resume"]:
+        write_plan(run_path, "launch", nodes, secure=not args.insecure,
+                   certificates=str(certs.directory) if certs else None)
     console.print(f"[bold]dpfl launch[/] · {cfg['dataset']} · {cfg['num-clients']} clients (SuperNodes) · "
                   f"model {cfg['model']} · {cfg['num-server-rounds']} rounds · "
                   f"{'plaintext, any SuperNode' if args.insecure else 'TLS, enrolled SuperNodes only'}")
@@ -264,6 +270,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                verbose=_verbose(args),
                                timeout=args.timeout, startup_timeout=args.startup_timeout or 120.0,
                                client_threads=args.client_threads, node_configs=nodes)
+    return report_launch(cfg, run_path, result)
+
+
+def report_launch(cfg: RunConfig, run_path: Path, result: LaunchResult) -> int:
+    """What a launched federation's end looks like on the console, and the exit code (``launch``, ``resume``)."""
     code = result.exit_code
     if result.message:
         stopped = code in (EXIT_INTERRUPTED, EXIT_TERMINATED)

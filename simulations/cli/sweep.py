@@ -235,6 +235,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='base overrides, Flower style: "key=value key2=value2"')
     group = p.add_argument_group("base run configuration (every run-config key is a flag; overrides [base])")
     for option in OPTIONS:
+        if option.key == "resume":  # every point is a run of its own; the sweep's --resume skips finished ones
+            continue
         if option.kind is bool:
             group.add_argument(f"--{option.key}", dest=option.key, nargs="?", const="true", default=None,
                                metavar="BOOL", help=option.help)

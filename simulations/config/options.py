@@ -173,6 +173,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("run-dir", "runs", "parent directory of run directories"),
     Option("run-name", "", "run directory name (empty: time stamp)"),
     Option("state-dir", "", "directory for durable client ledgers (empty: <run dir>/client-state)"),
+    Option("resume", False, "continue the run in run-dir/run-name from its last complete round: same config, "
+           "its ledgers and checkpoint (`dpfl resume RUN_DIR` sets this and reads the config)"),
     Option("round-timeout", 600.0, "seconds the server waits for replies in one round", check=_positive,
            allowed="a number > 0"),
     Option("workers", 0, "in-process engine: worker processes (0: min(cores, clients))",

@@ -15,7 +15,7 @@ from flwr.app import Context, RecordDict
 from dpfl.client.settings import ClientSettings
 from dpfl.client.terms import noise_multiplier_for
 from dpfl.privacy.owner_policy import OwnerPolicy
-from dpfl.privacy.rundata import CLIENT_LEDGER_INDEX, has_metrics
+from dpfl.privacy.rundata import CLIENT_LEDGER_INDEX, CONFIG_FILE, has_metrics
 from dpfl.server.federation import FederationResult, Reporter
 from dpfl.server.rundir import RunDirectory, atomic_write_text
 from dpfl.simulations import apps
@@ -24,6 +24,7 @@ from dpfl.simulations.config.options import FILE_DATASETS
 from dpfl.simulations.data.clients import declared_sizes, load_test_set, server_declared_total
 from dpfl.simulations.engines import early_checks
 from dpfl.simulations.engines.inprocess import SERVER_NODE_ID, InProcessGrid
+from dpfl.simulations.engines.run_plan import write_plan
 
 log = logging.getLogger("dpfl")
 
@@ -226,6 +227,25 @@ def write_client_ledger_index(path: Path, policies: dict[str, OwnerPolicy]) -> N
             {cid: str(p.ledger_path()) for cid, p in sorted(policies.items())}, indent=2))
 
 
+def check_run_directory(path: Path, resume: bool) -> None:
+    """A new run needs an unused run directory; a resumed one, a run whose checkpoint and ledgers agree."""
+    if not resume:
+        if has_metrics(path):
+            raise ConfigError(f"run directory {path} already holds a run; choose another --run-name, or continue "
+                              f"it with `dpfl resume {path}`")
+        return
+    if not (path / CONFIG_FILE).exists():
+        raise ConfigError(f"--resume: {path} holds no run (no config.json); give the run directory of the "
+                          "interrupted run (--run-dir and --run-name)")
+    from dpfl.server.resume import ResumeError, check_resumable
+    from dpfl.server.rundir import RunDirectory
+
+    try:
+        check_resumable(RunDirectory(path))
+    except ResumeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def worker_count(cfg: RunConfig) -> int:
     if cfg["workers"] > 0:
         return cfg["workers"]
@@ -248,9 +268,10 @@ def simulate(cfg: RunConfig, *, reporter: Reporter | None = None, run_path: Path
         raise ConfigError("--privacy-policy is not available with --engine ray (Flower's simulation sets each "
                           "node's config itself); use the in-process engine or dpfl launch")
     path = run_path or apps.default_run_path(cfg)
-    if has_metrics(path):
-        raise ConfigError(f"run directory {path} already holds a run; choose another --run-name")
+    check_run_directory(path, bool(cfg["resume"]))
     write_client_ledger_index(path, policies)
+    if not cfg["resume"]:
+        write_plan(path, engine, nodes)
     if engine == "ray":
         from dpfl.simulations.engines.ray_engine import simulate_on_ray
 
