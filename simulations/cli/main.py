@@ -18,6 +18,7 @@ from rich.console import Console
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import enrol as enrol_cli
 from dpfl.simulations.cli import resume as resume_cli
+from dpfl.simulations.cli import runs as runs_cli
 from dpfl.simulations.cli import sweep as sweep_cli
 from dpfl.simulations.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, console, error, fail, setup_logging
 from dpfl.simulations.config import OPTION_BY_KEY, ConfigError, add_config_flags, config_from_args, explicit_keys
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cli.register(sub)  # launch, server, client, certs
     enrol_cli.register(sub)  # keys, app-hash
     resume_cli.register(sub)  # resume
+    runs_cli.register(sub)  # runs list, runs compare
     sweep_cli.register(sub)  # sweep
     return parser
 

@@ -29,6 +29,30 @@ def app_bundle_hash(app: Path) -> str:
         raise LaunchError(f"cannot build the Flower app bundle of {app}: {exc}") from None
 
 
+def freeze_app(app: Path, into: Path) -> Path:
+    """A frozen copy of the bundle ``flwr run`` would build from ``app``, unpacked into ``into``: a launch hashes
+    and submits this copy, so editing the checkout meanwhile cannot make the nodes refuse their own run."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    try:
+        bundle = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app)))
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"cannot build the Flower app bundle of {app}: {exc}") from None
+    into.mkdir(parents=True, exist_ok=True)
+    for name in bundle.namelist():
+        if name.startswith(".info/"):
+            continue  # the manifest Flower writes; rebuilt on every build
+        target = (into / name).resolve()
+        if into.resolve() not in target.parents:
+            raise LaunchError(f"the app bundle of {app} holds a path outside it: {name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(bundle.read(name))
+    return into
+
+
 def check_app_hashes(values: Iterable[str], what: str) -> list[str]:
     """Lower-case SHA-256 hex digests, or a ConfigError naming the bad one."""
     out = []

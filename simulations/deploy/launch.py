@@ -26,7 +26,7 @@ from rich.console import Console
 
 from dpfl.privacy.rundata import read_summary
 from dpfl.simulations.config import ConfigError, RunConfig
-from dpfl.simulations.deploy.approval import app_bundle_hash, approved_for_node
+from dpfl.simulations.deploy.approval import app_bundle_hash, approved_for_node, freeze_app
 from dpfl.simulations.deploy.certs import CertPaths, generate_certificates
 from dpfl.simulations.deploy.flower import (
     absolute_paths,
@@ -110,7 +110,7 @@ def _start_federation(sup: Supervisor, printer: LogPrinter, cfg: RunConfig, root
     n = cfg["num-clients"]
     configs = node_configs or [{"partition-id": k, "num-partitions": n} for k in range(n)]
     names = [f"client-{k}" for k in range(n)]
-    bundle = app_bundle_hash(root)
+    bundle = app_bundle_hash(root)  # root: the frozen copy this launch submits (freeze_app)
     approved = [approved_for_node(c, bundle) for c in configs]  # a bad policy stops here, before any process
     keys: dict[str, Path] = {}
     enrolled: list[EnrolledNode] | None = None
@@ -160,13 +160,13 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
     """
     console = console or Console(highlight=False)
     t0 = time.monotonic()
-    root = repo_root()
     cfg = absolute_paths(cfg, run_path)
     n = cfg["num-clients"]
     log_dir = run_path / "logs"
     printer = LogPrinter(console, verbose=verbose, merged_log=log_dir / "launch.log")
     tmp = Path(tempfile.mkdtemp(prefix="dpfl-launch-"))
     tmp.chmod(0o755)  # the gateway's nginx workers read their folder below it
+    root = freeze_app(repo_root(), tmp / "app")
     sup = Supervisor(log_dir, printer)
     result = LaunchResult(exit_code=1, run_path=run_path, summary=None)
     threads = str(client_threads or os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // n))
