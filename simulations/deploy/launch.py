@@ -9,12 +9,10 @@ summary back, through ``dpfl.privacy.rundata``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Mapping
@@ -46,6 +44,7 @@ from dpfl.simulations.deploy.supervisor import (
     ManagedProcess,
     Supervisor,
     Terminated,
+    exit_words,
     interrupts_deferred,
     sigterm_as_exception,
 )
@@ -94,14 +93,6 @@ class LocalFederation:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
 
 
-def _exit_words(code: int) -> str:
-    """A child's exit status in words: "exit code 1", or "killed by SIGKILL" for a negative status."""
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
 def _start_federation(sup: Supervisor, printer: LogPrinter, cfg: RunConfig, root: Path, tmp: Path, *,
                       certs: CertPaths | None, secure: bool, startup_timeout: float, threads: str,
                       node_configs: list[dict[str, Any]] | None
@@ -136,7 +127,7 @@ def _start_federation(sup: Supervisor, printer: LogPrinter, cfg: RunConfig, root
         return all(any(SUPERNODE_ID_RE.search(x) for x in list(p.lines)) for p in nodes.values())
 
     def node_failed() -> str | None:
-        dead = [f"{k} ({_exit_words(c)})" for k, p in nodes.items() if (c := p.poll()) is not None]
+        dead = [f"{k} ({exit_words(c)})" for k, p in nodes.items() if (c := p.poll()) is not None]
         if dead:
             return f"SuperNode {', '.join(dead)} exited at start; see {sup.log_dir}"
         return link.failure()
@@ -198,14 +189,14 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
             while server.poll() is None:
                 code = superlink.poll()
                 if code is not None:
-                    raise LaunchError(f"flower-superlink died during the run ({_exit_words(code)}); "
+                    raise LaunchError(f"flower-superlink died during the run ({exit_words(code)}); "
                                       f"see {superlink.log_path}")
                 for name, proc in nodes.items():
                     code = proc.poll()
                     if code is not None and name not in reported:
                         reported.add(name)
                         result.client_exits[name] = code
-                        printer.info(f"{name} (SuperNode pid {proc.pid}) exited ({_exit_words(code)}); the "
+                        printer.info(f"{name} (SuperNode pid {proc.pid}) exited ({exit_words(code)}); the "
                                      "run goes on without it, the server counts it as dropped",
                                      style="yellow")
                 if timeout and time.monotonic() - t0 > timeout:
@@ -216,7 +207,7 @@ def launch_federation(cfg: RunConfig, run_path: Path, *, certs: CertPaths | None
             result.exit_code = run_exit_code(result.summary)
             if result.summary is None:
                 result.message = (f"the ServerApp did not finish the run (no summary.json; `flwr run` "
-                                  f"{_exit_words(server.poll() or 0)}); see {log_dir}/server.log and "
+                                  f"{exit_words(server.poll() or 0)}); see {log_dir}/server.log and "
                                   f"{log_dir}/superlink.log")
     except Terminated:
         result.exit_code, result.message = EXIT_TERMINATED, "terminated (SIGTERM): stopped every process"

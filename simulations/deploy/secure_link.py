@@ -29,7 +29,7 @@ from dpfl.simulations.deploy.gateway import gateway_command
 from dpfl.simulations.deploy.node_keys import EnrolledNode
 from dpfl.simulations.deploy.processes import free_ports, port_listening
 from dpfl.simulations.deploy.superexec import isolation_args, superexec_command, write_secret
-from dpfl.simulations.deploy.supervisor import LaunchError, ManagedProcess, Supervisor
+from dpfl.simulations.deploy.supervisor import LaunchError, ManagedProcess, Supervisor, exit_words
 
 OPERATOR_FEDERATION = "dpfl"
 NODE_ID_RE = re.compile(r'"node-id"\s*:\s*(\d+)')
@@ -54,7 +54,7 @@ class SecureLink:
                            (self.gateway, "the Fleet gateway (nginx)")):
             code = proc.poll()
             if code is not None:
-                return f"{what} exited (status {code}); see {proc.log_path}"
+                return f"{what} exited ({exit_words(code)}); see {proc.log_path}"
         return None
 
 
@@ -113,7 +113,9 @@ def start_secure_link(sup: Supervisor, *, public_host: str, public_port: int, ce
 
     def superlink_failed() -> str | None:
         code = superlink.poll()
-        return None if code is None else f"flower-superlink exited at start (status {code}); see {superlink.log_path}"
+        if code is None:
+            return None
+        return f"flower-superlink exited at start ({exit_words(code)}); see {superlink.log_path}"
 
     wait_until(lambda: port_listening(control_port), startup_timeout, f"flower-superlink on {control}",
                superlink_failed)

@@ -243,3 +243,11 @@ def interrupts_deferred() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def exit_words(code: int) -> str:
+    """A child's exit status in words: "exit code 1", or "killed by SIGKILL" for a negative status."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
