@@ -9,6 +9,7 @@ reads the dataset once.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,8 +159,16 @@ def own_data_setup(cfg: RunConfig, node: dict[str, Any], client_id: str) -> Clie
     return setup
 
 
+def _name_part(spec: str) -> str:
+    """'fashion-mnist' stays; 'my_pkg.models:Net' -> 'Net': a readable, path-safe piece of a run name."""
+    last = str(spec).rsplit(":", 1)[-1].rsplit(".", 1)[-1] if ":" in str(spec) else str(spec)
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", last).strip("-")[:32] or "run"
+
+
 def default_run_path(cfg: RunConfig) -> Path:
-    name = cfg["run-name"] or time.strftime("%Y%m%d-%H%M%S")
+    """run-dir/run-name, or run-dir/<time stamp>-<dataset>-<model> (run-name was checked: one directory)."""
+    name = cfg["run-name"] or "-".join((time.strftime("%Y%m%d-%H%M%S"), _name_part(cfg["dataset"]),
+                                        _name_part(cfg["model"])))
     return Path(cfg["run-dir"]).expanduser().resolve() / name
 
 

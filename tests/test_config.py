@@ -19,6 +19,12 @@ def test_pyproject_defaults_equal_schema() -> None:
     assert table == DEFAULTS
 
 
+def test_the_configuration_doc_shows_the_schema() -> None:
+    from dpfl.simulations.config.options import markdown_table
+
+    assert markdown_table().strip() in (ROOT / "docs" / "configuration.md").read_text()
+
+
 def test_defaults_resolve() -> None:
     cfg = resolve()
     assert cfg["num-clients"] == 10 and cfg["dp"] is True

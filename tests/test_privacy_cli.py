@@ -24,7 +24,8 @@ def test_epsilon_all_json_agrees_with_dp_accounting() -> None:
                 str(steps), "--delta", str(delta), "--accountant", "all", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert set(out) == {"epsilon", "delta", "accountant", "neighbouring"} and out["delta"] == delta
+    assert set(out) == {"epsilon", "delta", "accountant", "neighbouring", "sample_rate", "steps"}
+    assert out["delta"] == delta and out["sample_rate"] == q and out["steps"] == steps
     assert out["neighbouring"] == "add-remove"
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
@@ -61,3 +62,40 @@ def test_impossible_inputs_are_rejected(args: list[str], needle: str) -> None:
     proc = dpfl("privacy", "epsilon", *args)
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_training_recipe_gives_the_same_epsilon_as_its_schedule() -> None:
+    """--batch-size 64 --records 1000 --epochs 2 --rounds 5: q = 0.064 and 2 x ceil(1000/64) = 32 steps per round,
+    160 in all, and dp-accounting's PLD for exactly that agrees."""
+    recipe = ["--batch-size", "64", "--records", "1000", "--epochs", "2", "--rounds", "5"]
+    proc = dpfl("privacy", "epsilon", *recipe, "--noise-multiplier", "1.1", "--delta", "1e-5", "--accountant",
+                "pld", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["sample_rate"] == 0.064 and out["steps"] == 160
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.064, dp_accounting.GaussianDpEvent(1.1)), 160)
+    pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4).compose(event).get_epsilon(1e-5)
+    assert out["epsilon"] == pytest.approx(pld, rel=0.01)
+    same = dpfl("privacy", "epsilon", "--sample-rate", "0.064", "--steps", "160", "--noise-multiplier", "1.1",
+                "--delta", "1e-5", "--accountant", "pld", "--json")
+    assert json.loads(same.stdout)["epsilon"] == out["epsilon"]
+    sigma = dpfl("privacy", "noise", *recipe, "--target-epsilon", str(out["epsilon"]), "--delta", "1e-5", "--json")
+    assert sigma.returncode == 0 and json.loads(sigma.stdout)["noise_multiplier"] == pytest.approx(1.1, rel=0.02)
+    text = dpfl("privacy", "epsilon", *recipe, "--noise-multiplier", "1.1", "--delta", "1e-5")
+    assert "q = 64/1000 = 0.064" in text.stdout and "x 5 rounds = 160 steps" in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--batch-size", "64", "--records", "1000"], "--rounds"),
+        (["--batch-size", "64", "--rounds", "3"], "--records"),
+        (["--batch-size", "64", "--records", "1000", "--rounds", "3", "--steps", "10"], "one way"),
+        (["--batch-size", "0", "--records", "1000", "--rounds", "3"], "--batch-size 0"),
+        ([], "the schedule is missing"),
+    ],
+)
+def test_an_incomplete_or_mixed_schedule_is_refused(args: list[str], needle: str) -> None:
+    proc = dpfl("privacy", "epsilon", *args, "--noise-multiplier", "1", "--delta", "1e-5")
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr

@@ -370,6 +370,7 @@ def build_report(run: RunData) -> dict[str, Any]:
         "run": {"directory": str(run.path), "id": run.path.name, "dataset": cfg.get("dataset"),
                 "model": cfg.get("model"), "partition": cfg.get("partition"),
                 "num_clients": cfg.get("num-clients"), "inputs": run.config.get("inputs") or {},
+                "environment": run.config.get("environment") or {},
                 "num_server_rounds": fed["num_server_rounds"], "rounds_completed": fed["rounds_completed"]},
         "warnings": list(run.warnings),
         "banner": _banner(run, not_private),

@@ -85,6 +85,24 @@ def inputs_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+SOFTWARE = (("dpfl", "dpfl"), ("torch", "PyTorch"), ("opacus", "Opacus"), ("flwr", "Flower"),
+            ("dp-accounting", "dp-accounting"))
+
+
+def software_text(r: dict[str, Any]) -> str:
+    """The library versions the run was trained and accounted with (config.json ``environment``)."""
+    env = r["run"].get("environment") or {}
+    if not env:
+        return "not recorded (config.json has no environment)"
+    parts = [f"{label} {env.get(key) or 'unknown'}" for key, label in SOFTWARE]
+    parts.append(f"Python {env.get('python') or 'unknown'}")
+    if env.get("git-revision"):
+        parts.append(f"git {str(env['git-revision'])[:12]}")
+    if env.get("device"):
+        parts.append(f"device {env['device']}")
+    return ", ".join(parts)
+
+
 def _accuracy_text(r: dict[str, Any]) -> str:
     data = (r["run"].get("inputs") or {}).get("dataset") or {}
     if data.get("source") != "built-in" and "test" not in data and data.get("train") and not isinstance(
@@ -114,6 +132,7 @@ def _glance(r: dict[str, Any]) -> Section:
         ("Run", fed["stop_text"]),
         ("Final test accuracy", _accuracy_text(r)),
         ("Accounting re-check", check),
+        ("Software", software_text(r)),
         ("Run directory", f"`{r['run']['directory']}`"),
         ("Report generated", r["generated"]),
     ]
@@ -205,10 +224,13 @@ def _federation(r: dict[str, Any]) -> Section:
               else "none configured (epsilon-budget = 0 and target-epsilon = 0)")
     blocks.append(("kv", [(limit_label(fed), budget),
                           ("Max participations per client", f_g(fed["max_participations"]))]))
-    headers = ["client", "status", "participations", "ε", "budget", "remaining", "reason"]
+    limit = limit_label(fed)
+    headers = ["client", "status", "participations", "ε", "target ε" if limit == "Target ε" else "budget",
+               "remaining", "reason"]
     rows = [[c["client"], c["status"], f_g(c["participations"]), f_eps(c["epsilon"]), f_g(c["budget"]),
              f_eps(c["remaining"]), c["reason"] or ""] for c in r["clients"]]
-    blocks += [("h3", "Budget status per client"), ("table", headers, rows)]
+    blocks += [("h3", "Status per client" if limit == "Target ε" else "Budget status per client"),
+               ("table", headers, rows)]
     blocks += _earlier_runs(r)
     blocks.append(("h3", "Events by round"))
     if r["events"]:

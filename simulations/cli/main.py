@@ -9,19 +9,19 @@ codes, console, the error line, logging) is in ``cli/common.py``, so ``cli/deplo
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 
 from rich.console import Console
 
+from dpfl.simulations.cli import calculator as calculator_cli
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import enrol as enrol_cli
 from dpfl.simulations.cli import resume as resume_cli
 from dpfl.simulations.cli import runs as runs_cli
 from dpfl.simulations.cli import sweep as sweep_cli
 from dpfl.simulations.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, console, error, fail, setup_logging
-from dpfl.simulations.config import OPTION_BY_KEY, ConfigError, add_config_flags, config_from_args, explicit_keys
+from dpfl.simulations.config import ConfigError, add_config_flags, config_from_args, explicit_keys
 
 
 # --- simulate -----------------------------------------------------------------------------------
@@ -71,50 +71,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if not result.stop_reason or result.rounds_completed > 0 else EXIT_FAILED
 
 
-# --- privacy calculator ---------------------------------------------------------------------------
-def cmd_privacy(args: argparse.Namespace) -> int:
-    import json
-
-    from dpfl.privacy import ACCOUNTANTS, DpSgdRelease, calibrate_noise, epsilon, validate_release_params
-
-    try:
-        if not (0 < args.delta < 1):
-            raise ValueError(f"--delta {args.delta} is not valid: expected a number in (0, 1)")
-        if args.what == "epsilon":
-            validate_release_params(args.noise_multiplier, args.sample_rate, args.steps)
-        else:
-            validate_release_params(1.0, args.sample_rate, args.steps)
-            if not (args.target_epsilon > 0 and math.isfinite(args.target_epsilon)):
-                raise ValueError(f"--target-epsilon {args.target_epsilon} is not valid: expected a number > 0")
-    except ValueError as exc:
-        return fail(str(exc))
-    names = list(ACCOUNTANTS) if args.accountant == "all" else [args.accountant]
-    if args.neighbouring == "replace-one" and args.accountant == "all":
-        names = ["pld"]  # dp-accounting's RDP (and the PRV accountant) support add/remove only
-    values: dict[str, float] = {}
-    try:
-        for name in names:
-            if args.what == "epsilon":
-                release = DpSgdRelease(args.noise_multiplier, args.sample_rate, args.steps)
-                values[name] = epsilon([release], args.delta, name, neighbouring=args.neighbouring)
-            else:
-                values[name] = calibrate_noise(args.target_epsilon, args.delta, args.sample_rate, args.steps, 1,
-                                               accountant=name, neighbouring=args.neighbouring)
-    except ValueError as exc:
-        return fail(str(exc))
-    key = "epsilon" if args.what == "epsilon" else "noise_multiplier"
-    if args.json:
-        out = {key: values if args.accountant == "all" else values[names[0]], "delta": args.delta,
-               "neighbouring": args.neighbouring,
-               "accountant": {n: values[n] for n in names} if args.accountant == "all" else names[0]}
-        print(json.dumps(out))
-        return 0
-    what = "ε" if key == "epsilon" else "σ"
-    for name in names:
-        console.print(f"{name:>4}  {what} = {values[name]:.6g}")
-    return 0
-
-
 # --- report ------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     import json
@@ -140,9 +96,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_line() -> str:
+    """``dpfl 0.1.0 (torch 2.13.0, opacus 1.6.0, flwr 1.42.0, dp-accounting 0.6.0)``: read from the installed
+    distributions' metadata, so printing it imports none of them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import dpfl
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {of(name)}" for name in ("torch", "opacus", "flwr", "dp-accounting"))
+    return f"dpfl {dpfl.__version__} ({libraries})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpfl", description="Federated learning with differential privacy")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    parser.add_argument("--version", action="version", version=_version_line(),
+                        help="print the versions of dpfl and of the libraries behind its guarantee, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_sim = sub.add_parser("simulate", help="run a federation on this machine (in-process engine by default)")
@@ -157,24 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p_sim)
     p_sim.set_defaults(func=cmd_simulate)
 
-    p_priv = sub.add_parser("privacy", help="privacy calculator (no training)")
-    priv_sub = p_priv.add_subparsers(dest="what", required=True)
-    for what in ("epsilon", "noise"):
-        p = priv_sub.add_parser(what, help="epsilon of DP-SGD" if what == "epsilon" else "sigma for a target epsilon")
-        p.add_argument("--sample-rate", type=float, required=True)
-        p.add_argument("--steps", type=int, required=True)
-        p.add_argument("--delta", type=float, required=True)
-        if what == "epsilon":
-            p.add_argument("--noise-multiplier", type=float, required=True)
-        else:
-            p.add_argument("--target-epsilon", type=float, required=True)
-        p.add_argument("--accountant", choices=(*OPTION_BY_KEY["accountant"].choices, "all"),
-                       default="all" if what == "epsilon" else OPTION_BY_KEY["accountant"].default)
-        p.add_argument("--neighbouring", choices=OPTION_BY_KEY["neighbouring"].choices,
-                       default=OPTION_BY_KEY["neighbouring"].default,
-                       help="neighbouring relation (replace-one: PLD only)")
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(func=cmd_privacy)
+    calculator_cli.register(sub)  # privacy epsilon, privacy noise
 
     p_rep = sub.add_parser("report", help="write report.json/md/html for a run directory")
     p_rep.add_argument("run_dir")

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dpfl.simulations.cli.common import console, fail
+from dpfl.simulations.config.options import tags_of
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class RunRow:
     accuracy: float | None
     rounds: str
     state: str
+    tags: tuple[str, ...]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = actions.add_parser("list", help="every run under DIR: name, date, dataset, model, unit of privacy, "
                                          "epsilon, accuracy, state")
     ls.add_argument("directory", nargs="?", default="runs", metavar="DIR")
+    ls.add_argument("--tag", default=None, metavar="LABEL", help="only runs carrying this label (run-config key tag)")
     ls.set_defaults(func=cmd_runs_list)
     cmp = actions.add_parser("compare", help="two or more runs side by side: a table and a figure")
     cmp.add_argument("runs", nargs="+", metavar="RUN")
@@ -80,7 +83,7 @@ def read_row(path: Path) -> RunRow | None:
                   epsilon=float(epsilon) if isinstance(epsilon, int | float) else None,
                   delta=summary.get("delta", last.get("delta")),
                   accuracy=summary.get("final_accuracy", last.get("accuracy")),
-                  rounds=f"{done}/{total}", state=state)
+                  rounds=f"{done}/{total}", state=state, tags=tuple(tags_of(str(config.get("tag", "")))))
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -92,16 +95,19 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not root.is_dir():
         return fail(f"{root} is not a directory; give the folder that holds your run directories (default runs/)")
     found = [row for p in sorted(root.iterdir()) if p.is_dir() and (row := read_row(p)) is not None]
+    if args.tag:
+        found = [r for r in found if args.tag.strip() in r.tags]
     if not found:
-        console.print(f"no runs under {root}")
+        console.print(f"no runs under {root}" + (f" tagged {args.tag!r}" if args.tag else ""))
         return 0
     table = Table(title=f"runs under {root}", show_lines=False,
                   caption="running or killed: `dpfl resume RUN_DIR` continues a killed run")
-    for column in ("run", "started", "dataset", "model", "privacy unit", "ε", "δ", "accuracy", "rounds", "state"):
+    for column in ("run", "started", "dataset", "model", "privacy unit", "ε", "δ", "accuracy", "rounds", "state",
+                   "tags"):
         table.add_column(column, justify="right" if column in ("ε", "δ", "accuracy", "rounds") else "left")
     for r in found:
         table.add_row(escape(r.path.name), r.started, r.dataset, r.model, r.unit, _fmt(r.epsilon, ".3f"),
-                      _fmt(r.delta, ".1e"), _fmt(r.accuracy, ".4f"), r.rounds, r.state)
+                      _fmt(r.delta, ".1e"), _fmt(r.accuracy, ".4f"), r.rounds, r.state, escape(", ".join(r.tags)))
     console.print(table)
     return 0
 

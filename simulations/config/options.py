@@ -10,6 +10,7 @@ is allowed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,25 @@ def _fraction_or_zero(v: float) -> bool:
 
 def _open_unit_or_zero(v: float) -> bool:
     return v == 0 or 0 < v < 1
+
+
+NAME_MAX = 128
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _run_name(v: str) -> bool:
+    """A run name is one directory under run-dir: no separator or '..' may move it elsewhere."""
+    return not v or (len(v) <= NAME_MAX and SAFE_NAME.fullmatch(v) is not None and ".." not in v)
+
+
+def tags_of(value: str) -> list[str]:
+    """The labels of a ``tag`` value ('a, b' -> ['a', 'b'])."""
+    return [t.strip() for t in str(value).split(",") if t.strip()]
+
+
+def _tags(v: str) -> bool:
+    return all(len(t) <= NAME_MAX and SAFE_NAME.fullmatch(t) for t in tags_of(v)) and (
+        not v.strip() or bool(tags_of(v)))
 
 
 BUILT_IN_DATASETS = ("fashion-mnist", "digits", "synthetic")
@@ -171,7 +191,12 @@ OPTIONS: tuple[Option, ...] = (
            check=lambda v: 0 <= v < 2**63, allowed="an integer in [0, 2**63) (torch's seed range)"),
     Option("device", "auto", "where clients train", choices=("auto", "cpu", "cuda")),
     Option("run-dir", "runs", "parent directory of run directories"),
-    Option("run-name", "", "run directory name (empty: time stamp)"),
+    Option("run-name", "", "run directory name (empty: time stamp, dataset and model)", check=_run_name,
+           allowed=f"empty, or a name of letters, digits, '.', '_' and '-' (no '..', no path separator), at most "
+                   f"{NAME_MAX} characters"),
+    Option("tag", "", "labels to find the run by (`dpfl runs list --tag LABEL`), comma-separated, e.g. "
+           "'baseline,eps3'", check=_tags, allowed="empty, or comma-separated labels of letters, digits, '.', '_' "
+                                                  "and '-'"),
     Option("state-dir", "", "directory for durable client ledgers (empty: <run dir>/client-state)"),
     Option("resume", False, "continue the run in run-dir/run-name from its last complete round: same config, "
            "its ledgers and checkpoint (`dpfl resume RUN_DIR` sets this and reads the config)"),

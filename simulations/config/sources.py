@@ -61,7 +61,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Every config key becomes a flag of the same name (values are validated later by resolve)."""
     group = parser.add_argument_group("run configuration (every key of the config is a flag)")
     for option in OPTIONS:
-        help_text = f"{option.help} (default: {option.default!r})"
+        choices = f"; one of: {', '.join(option.choices)}" if option.choices else ""
+        help_text = f"{option.help}{choices} (default: {option.default!r})".replace("%", "%%")
         if option.kind is bool:
             group.add_argument(f"--{option.key}", dest=option.key, nargs="?", const="true", default=None,
                                metavar="BOOL", help=help_text)
