@@ -1,4 +1,4 @@
-"""bench/secure_noise: what the AES-CTR CSPRNG (client/secure_random.py) costs against torch's generator.
+"""bench/secure_noise: what the AES-CTR CSPRNG (privacy/secure_random.py) costs against torch's generator.
 
 One local training round of the default recipe (pyproject's run config: Fashion-MNIST, 10 IID clients,
 client 0's 6,000 records, cnn, batch 256, 1 local epoch, SGD, grad-sample-mode auto -> bk, sigma and C
@@ -35,9 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from dpfl.client.randomness import DpRandomness, dp_generators  # noqa: E402
-from dpfl.client.secure_random import SecureRandom  # noqa: E402
 from dpfl.client.training import TrainSettings, train_locally  # noqa: E402
 from dpfl.models import build_model  # noqa: E402
+from dpfl.privacy.secure_random import SecureRandom  # noqa: E402
 
 THRESHOLD = 0.05  # the CSPRNG is the default if it costs <= 5 % of a round
 KINDS = ("torch", "secure")

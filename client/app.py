@@ -34,6 +34,7 @@ from dpfl.client.terms import (
     prior_runs,
 )
 from dpfl.client.training import train_locally
+from dpfl.client.user_clip import clip_update
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import Ledger, epsilon, wire
@@ -164,6 +165,11 @@ def build_client_app(setup: SetupFn) -> ClientApp:
         cfg = s.settings
         instruction = wire.read_train_instruction(msg.content[wire.CONFIG])
         server_round, delta, run_path = instruction.server_round, instruction.delta, instruction.run_path
+        user_level = cfg.privacy_unit == "client"
+        if user_level != (instruction.user_clip_norm is not None):  # never send an unclipped update by mistake
+            return _declined(Declined(wire.CLIENT_FAILED, f"{s.client_id}: the run config says privacy-unit = "
+                                      f"{cfg.privacy_unit} but the train instruction "
+                                      f"{'has no' if user_level else 'has a'} user-level clip norm"), msg)
         incoming = msg.content[wire.ARRAYS].to_torch_state_dict()
         ledger_file = _ledger_file(s, run_path)
         try:
@@ -205,6 +211,9 @@ def build_client_app(setup: SetupFn) -> ClientApp:
             metrics[wire.TRAIN_EXAMPLES_SEEN] = outcome.examples_seen
         model.to("cpu")
         update = model.state_dict()
+        if instruction.user_clip_norm is not None:  # user-level DP: the whole update is clipped here, on the client
+            update, within = clip_update(incoming, update, instruction.user_clip_norm)
+            metrics[wire.WITHIN_CLIP] = 1 if within else 0
         if release is not None:
             # Kept first (it has not left yet), then paid: durable on disk, then mirrored in context.state; only
             # then does the update leave. A resumed server asking for this round again gets this very update.

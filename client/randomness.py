@@ -3,7 +3,7 @@
 Noise and Poisson sampling must be unpredictable to anyone who knows the run's ``--seed`` and to anyone
 who sees some of their outputs: a reproducible noise seed lets its holder subtract the noise, and a
 Mersenne Twister (``torch.Generator``) gives its whole state away after ~624 outputs. So by default
-both come from ``SecureRandom`` (client/secure_random.py: AES-256-CTR keyed from OS entropy), a fresh
+both come from ``SecureRandom`` (privacy/secure_random.py: AES-256-CTR keyed from OS entropy), a fresh
 key per round and per source. Tests may ask for deterministic noise: seeded ``torch.Generator``s, the
 exact draws Opacus made before; such runs are stamped NOT PRIVATE in every output.
 
@@ -22,7 +22,7 @@ import torch
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-from dpfl.client.secure_random import SecureRandom
+from dpfl.privacy.secure_random import SecureRandom
 
 RandomSource = torch.Generator | SecureRandom  # seeded (tests only) or cryptographically secure
 

@@ -33,6 +33,7 @@ class ClientSettings:
     state_dir: str  # "" : next to the run directory the server names
     neighbouring: str  # "add-remove" | "replace-one"
     policy: PrivacyPolicy
+    privacy_unit: str = "record"  # "client": clip the whole update to the instruction's user-clip-norm
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ClientSettings:
@@ -44,7 +45,8 @@ class ClientSettings:
                    model=str(cfg["model"]), fix_model=bool(cfg.get("fix-model", False)),
                    device=str(cfg["device"]), seed=int(cfg["seed"]),
                    aggregation_weights=str(cfg["aggregation-weights"]), state_dir=str(cfg["state-dir"]),
-                   neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg))
+                   neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg),
+                   privacy_unit=str(cfg.get("privacy-unit", "record")))
 
 
     def train_settings(self, noise_multiplier: float) -> TrainSettings:

@@ -8,7 +8,7 @@ is best at: per-sample gradients, clipping and noise (``GradSampleModule`` / gho
 ``DPOptimizer``). Mode "bk" clips with our book-keeping pass (client.bookkeeping, same result, less work)
 and still takes its noise from Opacus' optimizer. The ledger therefore records exactly the mechanism
 that ran. Sampling and noise come from ``client.randomness.dp_generators``: the AES-CTR CSPRNG
-(client.secure_random) by default, for which the optimizer is Opacus' own with only ``add_noise``
+(privacy.secure_random) by default, for which the optimizer is Opacus' own with only ``add_noise``
 drawing from the CSPRNG; seeded torch generators in deterministic (NOT PRIVATE) test runs.
 """
 

@@ -32,6 +32,16 @@ RELATION_WORDS = {
 }
 
 
+USER_LEVEL_WORDS = (
+    "User-level DP (privacy-unit = client): the guarantee protects each client's whole contribution, every "
+    "record it holds at once. Neighbouring federations differ by adding or removing one client. Each round the "
+    "server samples every client independently with probability q (Poisson), each sampled client clips its model "
+    "update to norm C on its own machine, and the server adds Gaussian noise of std z x C to the sum and divides "
+    "by the expected cohort q x N. Trust: the server sees the clipped updates in the clear (central DP), and the "
+    "amplification by sampling holds against anyone who does not learn the cohort, so neither the participants "
+    "nor the size of a round's cohort is published.")
+
+
 class PolicyError(ValueError):
     """The policy cannot be applied with what is known; the message says what to set."""
 
@@ -78,6 +88,7 @@ class PrivacyPolicy:
     num_rounds: int
     accountant: str
     neighbouring: str = "add-remove"
+    privacy_unit: str = "record"  # "client": user-level DP-FedAvg at the server (server/user_level.py)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> PrivacyPolicy:
@@ -86,11 +97,16 @@ class PrivacyPolicy:
                    client_evaluation=float(cfg["fraction-evaluate"]) > 0, delta_setting=float(cfg["delta"]),
                    epsilon_budget=float(cfg["epsilon-budget"]), target_epsilon=float(cfg["target-epsilon"]),
                    max_participations=int(cfg["max-participations"]), num_rounds=int(cfg["num-server-rounds"]),
-                   accountant=str(cfg["accountant"]), neighbouring=str(cfg.get("neighbouring", "add-remove")))
+                   accountant=str(cfg["accountant"]), neighbouring=str(cfg.get("neighbouring", "add-remove")),
+                   privacy_unit=str(cfg.get("privacy-unit", "record")))
+
+    @property
+    def user_level(self) -> bool:
+        return self.privacy_unit == "client"
 
     @property
     def not_private(self) -> bool:
-        return is_not_private(self.dp, self.deterministic_noise)
+        return is_not_private(self.dp or self.user_level, self.deterministic_noise)
 
     @property
     def participation_cap(self) -> int:
@@ -112,14 +128,20 @@ class PrivacyPolicy:
     def statement(self) -> list[str]:
         """What the guarantee covers and what it does not, in words for the log, summary and report."""
         lines = []
-        if not self.dp:
+        if not (self.dp or self.user_level):
             lines.append(f"{NOT_PRIVATE_STAMP}: dp=false, this run has no differential-privacy guarantee.")
         elif self.deterministic_noise:
             lines.append(f"{NOT_PRIVATE_STAMP}: deterministic-noise=true seeds the DP noise from --seed; anyone "
                          "who knows the seed can remove it. For tests only.")
         else:
-            lines.append(ASSUMPTION)
-            lines.append(RELATION_WORDS.get(self.neighbouring, f"Neighbouring relation: {self.neighbouring}."))
+            if self.user_level:
+                lines.append(USER_LEVEL_WORDS)
+            if self.dp:
+                lines.append(ASSUMPTION)
+                lines.append(RELATION_WORDS.get(self.neighbouring, f"Neighbouring relation: {self.neighbouring}."))
+            else:
+                lines.append("dp=false: no record-level DP-SGD at the clients; the user-level guarantee above is "
+                             "the run's only one.")
         if self.private_metrics:
             lines.append("private-metrics=true: clients also sent loss/accuracy computed on their private data; "
                          "the guarantee does NOT cover those values.")

@@ -18,6 +18,7 @@ from typing import Any
 from dpfl.privacy.ledger import Ledger, LedgerError
 
 CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LEDGER_DIR = "config.json", "summary.json", "metrics.jsonl", "ledgers"
+SERVER_LEDGER = "server"  # ledgers/server.jsonl: user-level releases; no client may be named so (wire)
 CLIENT_LEDGER_INDEX, CLIENT_STATE_DIR = "client-ledgers.json", "client-state"
 _LEDGER_ERRORS = (LedgerError, ValueError, KeyError, OSError, UnicodeDecodeError)
 
@@ -34,6 +35,7 @@ class RunData:
     warnings: list[str] = field(default_factory=list)
     client_ledgers: dict[str, Ledger] = field(default_factory=dict)  # the clients' own, all their runs
     client_ledger_paths: dict[str, Path] = field(default_factory=dict)  # where each was looked for
+    user_ledger: Ledger | None = None  # ledgers/server.jsonl: the user-level releases (privacy-unit = client)
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -164,12 +166,21 @@ def load_run(run_dir: str | Path) -> RunData:
                         "running); this report uses metrics.jsonl and the ledgers only")
     metrics = _read_metrics(path / METRICS_FILE, warnings)
     ledgers: dict[str, Ledger] = {}
+    user_ledger: Ledger | None = None
     for file in sorted((path / LEDGER_DIR).glob("*.jsonl"), key=lambda p: natural_key(p.stem)):
         try:
-            ledgers[file.stem] = Ledger.load(file)
+            loaded = Ledger.load(file)
         except _LEDGER_ERRORS as exc:
-            warnings.append(f"ledger {file.name} could not be read ({exc}); its client is NOT re-checked")
+            warnings.append(f"ledger {file.name} could not be read ({exc}); its "
+                            f"{'user-level releases are' if file.stem == SERVER_LEDGER else 'client is'} NOT "
+                            "re-checked")
+            continue
+        if file.stem == SERVER_LEDGER:
+            user_ledger = loaded
+        else:
+            ledgers[file.stem] = loaded
     client_paths = _client_ledger_paths(path, warnings)
     client_ledgers = _read_client_ledgers(client_paths, warnings)
     return RunData(path=path, config=config, metrics=metrics, summary=summary, ledgers=ledgers,
-                   warnings=warnings, client_ledgers=client_ledgers, client_ledger_paths=client_paths)
+                   warnings=warnings, client_ledgers=client_ledgers, client_ledger_paths=client_paths,
+                   user_ledger=user_ledger)

@@ -35,6 +35,7 @@ CFG_ROUND = "server-round"
 CFG_DELTA = "delta"
 CFG_RUN_PATH = "run-path"
 CFG_QUERY = "query"
+CFG_USER_CLIP = "user-clip-norm"  # privacy-unit = client: the L2 norm the client clips its whole update to
 QUERY_TERMS = "privacy-terms"  # the query asking a client what it will release in this run
 
 # Keys in a terms reply (public: what the client's mechanism will be, and how often it will run).
@@ -54,6 +55,7 @@ STEPS = "steps"
 PARTITION_ID = "partition-id"
 TRAIN_LOSS = "train-loss"  # private metrics: only with private-metrics = true (not covered by DP)
 TRAIN_EXAMPLES_SEEN = "train-examples-seen"
+WITHIN_CLIP = "update-within-clip"  # privacy-unit = client: 1 if the update was within the clip norm, else 0
 # Keys in a train reply's release ConfigRecord.
 CLIENT_ID = "client-id"
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -77,6 +79,7 @@ class TrainInstruction:
     server_round: int
     delta: float
     run_path: str
+    user_clip_norm: float | None = None  # privacy-unit = client: clip the whole update to this norm
 
 
 def _number(values: Mapping[str, Any], key: str, where: str) -> float:
@@ -96,7 +99,7 @@ def _integer(values: Mapping[str, Any], key: str, where: str, minimum: int) -> i
 
 
 def train_config(server_round: int, delta: float, run_path: str) -> dict[str, Any]:
-    """The train instruction's ConfigRecord content."""
+    """The train instruction's ConfigRecord content (the user-level strategy adds ``CFG_USER_CLIP``)."""
     return {CFG_ROUND: server_round, CFG_DELTA: delta, CFG_RUN_PATH: run_path}
 
 
@@ -106,8 +109,14 @@ def read_train_instruction(config: Mapping[str, Any]) -> TrainInstruction:
     delta = _number(config, CFG_DELTA, where)
     if not 0 < delta < 1:
         raise WireError(f"{where}: {CFG_DELTA}={config[CFG_DELTA]!r} is not valid: expected a number in (0, 1)")
+    clip = None
+    if CFG_USER_CLIP in config:
+        clip = _number(config, CFG_USER_CLIP, where)
+        if not (math.isfinite(clip) and clip > 0):
+            raise WireError(f"{where}: {CFG_USER_CLIP}={config[CFG_USER_CLIP]!r} is not valid: expected a finite "
+                            "number > 0")
     return TrainInstruction(server_round=_integer(config, CFG_ROUND, where, 1), delta=delta,
-                            run_path=str(config.get(CFG_RUN_PATH, "")))
+                            run_path=str(config.get(CFG_RUN_PATH, "")), user_clip_norm=clip)
 
 
 def terms_request(delta: float, run_path: str, server_round: int = 1) -> dict[str, Any]:
@@ -215,7 +224,7 @@ def check_train_reply_fields(metrics: Mapping[str, Any], info: Mapping[str, Any]
     release the server charged and the weight it knows is the server's comparison (server/roster.py)."""
     where = "train reply"
     keys = set(metrics.keys())
-    allowed = set(TRAIN_METRICS) | set(TRAIN_PRIVATE_METRICS)
+    allowed = set(TRAIN_METRICS) | set(TRAIN_PRIVATE_METRICS) | {WITHIN_CLIP}
     missing = [k for k in TRAIN_METRICS if k not in keys]
     if missing:
         raise WireError(f"{where}: metric {missing[0]!r} is missing")
@@ -235,6 +244,8 @@ def check_train_reply_fields(metrics: Mapping[str, Any], info: Mapping[str, Any]
         raise WireError(f"{where}: {EPSILON}={metrics[EPSILON]!r} is not valid: expected a number >= 0")
     if TRAIN_EXAMPLES_SEEN in metrics:
         _integer(metrics, TRAIN_EXAMPLES_SEEN, where, 0)
+    if WITHIN_CLIP in metrics and _number(metrics, WITHIN_CLIP, where) not in (0.0, 1.0):
+        raise WireError(f"{where}: {WITHIN_CLIP}={metrics[WITHIN_CLIP]!r} is not valid: expected 0 or 1")
     fields = set(info.keys())
     for key in RELEASE_FIELDS:
         if key not in fields:

@@ -17,7 +17,7 @@ from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import PolicyError
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
-from dpfl.privacy.rundata import CONFIG_FILE, RUN_DIRECTORY_KEYS, SUMMARY_FILE, read_config
+from dpfl.privacy.rundata import CONFIG_FILE, RUN_DIRECTORY_KEYS, SERVER_LEDGER, SUMMARY_FILE, read_config
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.environment import describe_environment
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
@@ -28,6 +28,13 @@ from dpfl.server.roster import Roster
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
 from dpfl.server.strategy import DpFedAvg
+from dpfl.server.user_level import (
+    UserLevelError,
+    UserLevelMechanism,
+    UserLevelSettings,
+    noise_source,
+    user_level_settings,
+)
 
 log = logging.getLogger("dpfl.server")
 
@@ -58,6 +65,12 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         raise ServerConfigError(str(exc)) from exc
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
+    user_settings = None
+    if policy.user_level:
+        try:
+            user_settings = user_level_settings(settings.run_config)
+        except UserLevelError as exc:
+            raise ServerConfigError(str(exc)) from None
     rundir = RunDirectory(s.run_path).create()
     resuming = bool(settings.run_config.get("resume"))
     if resuming:  # config.json stays the interrupted run's own: the resumed run must be the same run
@@ -70,7 +83,8 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
             raise ServerConfigError(str(exc)) from None
     else:
         rundir.write_json(CONFIG_FILE, {
-            **settings.run_config, "resolved": {"delta": delta, "max-participations": policy.participation_cap},
+            **settings.run_config, "resolved": {"delta": delta, "max-participations": policy.participation_cap,
+                                                **_user_level_resolved(user_settings)},
             "privacy-statement": policy.statement(),
             "environment": describe_environment(settings.run_config.get("device", "auto")),
             "inputs": describe_inputs(settings.run_config, model)})
@@ -78,13 +92,17 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                     max_participations=policy.participation_cap, budget=policy.budget,
                     neighbouring=settings.neighbouring, run=str(rundir.path),
                     entry_fields={"privacy": NOT_PRIVATE_STAMP} if policy.not_private else {})
+    user_level = None if user_settings is None else UserLevelMechanism(
+        user_settings, rundir.ledgers / f"{SERVER_LEDGER}.jsonl", run=str(rundir.path),
+        entry_fields={"privacy": NOT_PRIVATE_STAMP} if policy.not_private else {},
+        rng=noise_source(policy.deterministic_noise, settings.seed))
     strategy = DpFedAvg(roster=roster, num_clients=settings.num_clients, fraction_train=settings.fraction_train,
                         min_train_clients=settings.min_train_clients, fraction_evaluate=settings.fraction_evaluate,
                         post_processing=PostProcessing(
                             steps=[ServerOptimizer(settings.server_learning_rate, settings.server_momentum)],
                             ema=ParameterEma(settings.ema_decay)),
                         seed=settings.seed, aggregation_weights=settings.aggregation_weights,
-                        update_bound=UpdateBound.from_run_config(settings.run_config))
+                        update_bound=UpdateBound.from_run_config(settings.run_config), user_level=user_level)
     eval_model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
@@ -95,6 +113,11 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         log.info(line)
     log.info("delta = %.3g for every client; accountant %s; neighbouring relation %s", delta, policy.accountant,
              settings.neighbouring)
+    if user_settings is not None:
+        log.info("user-level DP: noise multiplier %.4g, clip norm %.4g%s, q = %.4g (expected cohort %g of %d), "
+                 "user-level delta %.3g", user_settings.noise_multiplier, user_settings.clip_norm,
+                 " (adaptive)" if user_settings.adaptive else "", user_settings.sample_rate,
+                 user_settings.expected_cohort, user_settings.population, user_settings.delta)
     initial, start_round = ArrayRecord(model.state_dict()), 1
     if resuming:
         try:
@@ -117,12 +140,26 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         "not_private": policy.not_private,
         **({"privacy": NOT_PRIVATE_STAMP} if policy.not_private else {}),
         "privacy_statement": policy.statement(),
+        "privacy_unit": policy.privacy_unit,
+        **({} if user_level is None else {
+            "user_epsilon": user_level.epsilon, "user_delta": user_settings.delta if user_settings else None,
+            "expected_cohort": user_level.settings.expected_cohort,
+            "user_noise_multiplier": user_level.settings.noise_multiplier, "final_clip_norm": user_level.clip_norm}),
     })
     if result.stop_reason:
         log.warning("run stopped early after round %d: %s", result.rounds_completed, result.stop_reason)
     if s.on_finish is not None:
         s.on_finish(result, rundir, wall)
     return result
+
+
+def _user_level_resolved(settings: UserLevelSettings | None) -> dict[str, float]:
+    """What config.json's ``resolved`` records of the user-level mechanism (the calibrated noise multiplier)."""
+    if settings is None:
+        return {}
+    return {"user-noise-multiplier": settings.noise_multiplier, "user-delta": settings.delta,
+            "update-noise-multiplier": settings.update_noise_multiplier, "expected-cohort": settings.expected_cohort,
+            "clipped-count-stddev": settings.count_stddev}
 
 
 def build_server_app(setup: Callable[[Context], ServerSetup]) -> ServerApp:

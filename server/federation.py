@@ -58,9 +58,15 @@ def format_round_line(row: Mapping[str, Any], total: int) -> str:
         extra = " | " + "; ".join(f"{e.get('client')} {e.get('event')}" for e in row["events"])
     loss = row.get("loss")
     stamp = f"{NOT_PRIVATE_STAMP} | " if row.get("privacy") == NOT_PRIVATE_STAMP else ""
+    who = f"{row['participants']} clients"
+    if row.get("user_epsilon") is not None:  # user-level DP: the cohort is not published, its expectation is
+        who = f"user-level ε {row['user_epsilon']:.3f} | expected cohort {row['expected_cohort']:g}"
+        eps_text = "" if eps is None else f"{eps_text} (record-level) | "
+    else:
+        eps_text += " | "
     return (f"{stamp}round {row['round']:>3}/{total} | accuracy {row['accuracy']:.4f} | "
             f"loss {float('nan') if loss is None else loss:.4f} | "
-            f"{eps_text} | {row['participants']} clients | {row['seconds']:.1f} s{extra}")
+            f"{eps_text}{who} | {row['seconds']:.1f} s{extra}")
 
 
 @dataclass
@@ -115,10 +121,11 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                 pending_events += terms_of_new_nodes(server_round)
             train_cfg = ConfigRecord(wire.train_config(server_round, delta, str(rundir.path)))
             messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
-            if not messages:
-                break
+            user_level = strategy.user_level
+            if not messages and (user_level is None or strategy.stop_reason):
+                break  # (a user-level round with an empty Poisson cohort still releases its noise)
             sent_to = {m.metadata.dst_node_id for m in messages}
-            replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+            replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout)) if messages else []
             answered = {source_node(r) for r in replies} & sent_to
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
             events = [*pending_events, *strategy.round_events]
@@ -127,7 +134,7 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                 cid = roster.record_drop(node, server_round, f"no reply within {settings.round_timeout} s")
                 events.append({"client": cid, "event": "dropped", "reason": "no reply within the round timeout"})
             participants = strategy.accepted  # replies that passed server/reply_checks.py and were averaged
-            if participants < settings.min_train_clients:
+            if user_level is None and participants < settings.min_train_clients:
                 strategy.stop_reason = (
                     f"round {server_round}: only {participants} client(s) returned a valid update "
                     f"(min-train-clients is {settings.min_train_clients}); the round is not counted and the "
@@ -146,6 +153,12 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                 "delta": delta, "participants": participants,
                 "seconds": time.perf_counter() - t0, "events": events,
             }
+            if user_level is not None:  # the cohort is not published: who took part, or how many
+                for event in events:
+                    log.debug("round %d (not published: user-level DP): %s", server_round, event)
+                row.update({"participants": None, "events": [], "expected_cohort": user_level.settings.expected_cohort,
+                            "user_epsilon": user_level.epsilon, "user_delta": user_level.settings.delta,
+                            "clip_norm": user_level.clip_norm})
             if settings.policy.not_private:
                 row["privacy"] = NOT_PRIVATE_STAMP
             if not math.isfinite(loss):

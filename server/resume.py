@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord
 
 from dpfl.privacy.ledger import Ledger
 from dpfl.privacy.ledger_chain import LedgerError, LedgerTamperedError
+from dpfl.privacy.rundata import SERVER_LEDGER
 from dpfl.server.averaging import PostProcessing
 from dpfl.server.roster import Roster
 from dpfl.server.rundir import Checkpoint, RunDirectory
@@ -61,8 +62,12 @@ def check_same_run(stored: Mapping[str, Any], current: Mapping[str, Any]) -> Non
 def checkpoint_state(roster: Roster, strategy: DpFedAvg) -> dict[str, Any]:
     """What the checkpoint's JSON half records besides the round: roster, RNG, ledger lengths and heads."""
     version, internal, gauss = strategy.rng.getstate()
-    return {"roster": roster.state(), "rng": [version, list(internal), gauss],
-            "ledger_heads": {cid: [len(ledger), ledger.head] for cid, ledger in sorted(roster.ledgers.items())}}
+    heads = {cid: [len(ledger), ledger.head] for cid, ledger in sorted(roster.ledgers.items())}
+    state: dict[str, Any] = {"roster": roster.state(), "rng": [version, list(internal), gauss], "ledger_heads": heads}
+    if strategy.user_level is not None:  # ledgers/server.jsonl is checked on resume like every server ledger
+        heads[SERVER_LEDGER] = [len(strategy.user_level.ledger), strategy.user_level.ledger.head]
+        state["user_level"] = strategy.user_level.state()
+    return state
 
 
 def load_server_ledgers(rundir: RunDirectory) -> dict[str, Ledger]:
@@ -111,6 +116,8 @@ def resume(rundir: RunDirectory, roster: Roster, strategy: DpFedAvg, post: PostP
     version, internal, gauss = checkpoint.state["rng"]
     strategy.rng.setstate((version, tuple(internal), gauss))
     post.restore(checkpoint.tensors)
+    if strategy.user_level is not None:
+        strategy.user_level.restore(checkpoint.state.get("user_level") or {})
     dropped = rundir.truncate_metrics(checkpoint.round)
     log.info("resuming after round %d from %s%s", checkpoint.round, checkpoint.path.name,
              f"; {dropped} metrics row(s) of the interrupted round dropped" if dropped else "")

@@ -26,7 +26,7 @@ import random
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -35,20 +35,26 @@ from dpfl.server import reply_checks
 from dpfl.server.averaging import PostProcessing
 from dpfl.server.reply_checks import Rejected, SentModel, UpdateBound, clip_text
 from dpfl.server.roster import Roster
+from dpfl.server.user_level import UserLevelMechanism
 
 log = logging.getLogger("dpfl.server")
 WEIGHT_MODES = ("declared", "uniform")
+CLIP_SLACK = 1e-4  # user-level: a clipped float32 update may exceed C by rounding; anything longer is refused
 
 
 class DpFedAvg(FedAvg):
     def __init__(self, *, roster: Roster, num_clients: int, fraction_train: float, min_train_clients: int,
                  fraction_evaluate: float, post_processing: PostProcessing, seed: int,
-                 aggregation_weights: str | None = None, update_bound: UpdateBound | None = None) -> None:
+                 aggregation_weights: str | None = None, update_bound: UpdateBound | None = None,
+                 user_level: UserLevelMechanism | None = None) -> None:
         """``aggregation_weights``: the run's aggregation-weights ("declared" | "uniform"). None (the composition
         root did not say): a reply's num-examples must be one of the two values the server knows for that
         client (its declared records, or 1), and that one is used: a client can lower its own weight, never
         raise it above its declared records. ``update_bound``: the honest update bound from the training
-        settings (``UpdateBound.from_run_config``); None: the fallback bound of server/reply_checks.py."""
+        settings (``UpdateBound.from_run_config``); None: the fallback bound of server/reply_checks.py.
+        ``user_level``: privacy-unit = client (server/user_level.py): Poisson cohorts, updates within the clip
+        norm, the noised sum over the expected cohort; rounds run whoever replies (an empty cohort releases
+        noise only), and weights are not used."""
         super().__init__(fraction_train=fraction_train, fraction_evaluate=max(fraction_evaluate, 1e-9),
                          min_train_nodes=min_train_clients, min_evaluate_nodes=0 if fraction_evaluate == 0 else 1,
                          min_available_nodes=min_train_clients, weighted_by_key=wire.NUM_EXAMPLES,
@@ -62,6 +68,8 @@ class DpFedAvg(FedAvg):
         self.rng = random.Random(seed)
         self.aggregation_weights = aggregation_weights
         self.update_bound = update_bound or UpdateBound()
+        self.user_level = user_level
+        self._within_clip: dict[int, bool] = {}
         self.stop_reason = ""
         self._sent_arrays: ArrayRecord | None = None
         self._sent_model: SentModel | None = None
@@ -92,7 +100,14 @@ class DpFedAvg(FedAvg):
         # sampled in client-id order, not node-id order: node ids change when nodes re-register (a restart,
         # a resumed run), client ids do not, so the same RNG state picks the same clients
         eligible.sort(key=lambda n: self.roster.node_to_client[n])
-        chosen = self.rng.sample(eligible, min(self.sample_size(), len(eligible)))
+        if self.user_level is not None:
+            self.stop_reason = self.user_level.over_budget(server_round)
+            if self.stop_reason:
+                return []
+            chosen = self.user_level.sample(eligible)  # Poisson, from the secure generator
+            config[wire.CFG_USER_CLIP] = self.user_level.clip_norm
+        else:
+            chosen = self.rng.sample(eligible, min(self.sample_size(), len(eligible)))
         self._sent_arrays = arrays
         self._sent_model = SentModel.of(arrays)
         charged: list[int] = []
@@ -107,7 +122,7 @@ class DpFedAvg(FedAvg):
                 continue
             charged.append(node)
         self._sent_to = set(charged)
-        if not charged:
+        if not charged and self.user_level is None:
             self.stop_reason = f"round {server_round}: no sampled client could be charged; nothing was sent"
             return []
         config[wire.CFG_ROUND] = server_round
@@ -144,11 +159,14 @@ class DpFedAvg(FedAvg):
                 if node is not None:
                     judged.add(node)
         self.accepted = len(good)
-        if not good or self._sent_model is None:
+        if self._sent_model is None or (not good and self.user_level is None):
             return None, None
         try:
             good.sort(key=lambda g: g[0])
-            averaged = reply_checks.weighted_mean(self._sent_model, [(w, a) for _, w, a in good])
+            if self.user_level is not None:
+                averaged = self._user_level_mean(server_round, good)
+            else:
+                averaged = reply_checks.weighted_mean(self._sent_model, [(w, a) for _, w, a in good])
             arrays = self.post_processing.next_model(self._sent_arrays, averaged)
         except Exception as exc:  # noqa: BLE001 - the model stays the previous one; the charges stand
             log.exception("round %d: aggregation failed", server_round)
@@ -158,6 +176,27 @@ class DpFedAvg(FedAvg):
             return None, None
         metrics = MetricRecord({"participants": len(good), "epsilon-max": self.roster.epsilon_max()})
         return arrays, metrics
+
+    def _user_level_mean(self, server_round: int, good: list[tuple[int, float, list[np.ndarray]]]) -> ArrayRecord:
+        """Book the round's user-level release, then the sent model plus the noised mean update."""
+        assert self.user_level is not None and self._sent_model is not None
+        self.user_level.charge(server_round)  # durable before the noised aggregate exists
+        sent = self._sent_model
+        floating = [i for i, base in enumerate(sent.arrays) if np.issubdtype(base.dtype, np.floating)]
+        clip = self.user_level.clip_norm
+        deltas = []
+        for _, _, arrays in good:
+            diff = [arrays[i].astype(np.float64) - sent.arrays[i].astype(np.float64) for i in floating]
+            norm = float(np.sqrt(sum(float(np.square(d).sum()) for d in diff)))
+            scale = min(1.0, clip / norm) if norm > 0 else 1.0  # float32 rounding can overshoot C by ~1e-7
+            deltas.append([d * scale for d in diff])
+        within = [self._within_clip.get(node, False) for node, _, _ in good]
+        mean = self.user_level.noised_mean(deltas, within, [sent.arrays[i].shape for i in floating])
+        out = {key: Array(np.array(base, copy=True)) for key, base in zip(sent.keys, sent.arrays, strict=True)}
+        for j, i in enumerate(floating):
+            base = sent.arrays[i]
+            out[sent.keys[i]] = Array(np.asarray(base.astype(np.float64) + mean[j]).astype(base.dtype))
+        return ArrayRecord(out)
 
     def _judge(self, server_round: int, msg: object, judged: set[int],
                good: list[tuple[int, float, list[np.ndarray]]]) -> None:
@@ -215,13 +254,20 @@ class DpFedAvg(FedAvg):
             self.roster.check_reply(node, client_id, release)
         except wire.WireError as exc:
             return str(exc)
-        weight = self._weight(node, metrics[wire.NUM_EXAMPLES])
-        if isinstance(weight, str):
-            return weight
-        st = self.roster.clients[client_id]
-        declared = st.terms.declared_records if st.terms else 1
         assert self._sent_model is not None
-        bound = self.update_bound.limit(self._sent_model, st.last_release, declared)
+        if self.user_level is not None:  # weights are not used; the update must be within the clip norm
+            if wire.WITHIN_CLIP not in metrics:
+                return f"train reply: metric {wire.WITHIN_CLIP!r} is missing (privacy-unit = client)"
+            weight: float | str = 1.0
+            bound = self.user_level.clip_norm * (1.0 + CLIP_SLACK)
+            self._within_clip[node] = metrics[wire.WITHIN_CLIP] == 1
+        else:
+            weight = self._weight(node, metrics[wire.NUM_EXAMPLES])
+            if isinstance(weight, str):
+                return weight
+            st = self.roster.clients[client_id]
+            declared = st.terms.declared_records if st.terms else 1
+            bound = self.update_bound.limit(self._sent_model, st.last_release, declared)
         try:
             arrays = reply_checks.decode_update(self._sent_model, content[wire.ARRAYS], bound)
         except Rejected as exc:

@@ -1,4 +1,4 @@
-"""The CSPRNG for DP noise and Poisson sampling (client.secure_random) and its plumbing (client.randomness).
+"""The CSPRNG for DP noise and Poisson sampling (privacy.secure_random) and its plumbing (client.randomness).
 
 Statistical checks use a fixed test key, so they are deterministic (no flaky p-values); the production
 path (no key) is checked for fresh, independent streams.
@@ -22,8 +22,8 @@ from dpfl.client.randomness import (
     dp_generators,
     dp_optimizer,
 )
-from dpfl.client.secure_random import SecureRandom
 from dpfl.client.training import TrainSettings, poisson_batch, train_locally
+from dpfl.privacy.secure_random import SecureRandom
 
 TEST_KEY = bytes(range(32))
 N = 10**6

@@ -16,6 +16,7 @@ from dpfl.privacy.policy import NOT_PRIVATE_STAMP, effective_budget, is_not_priv
 from dpfl.privacy.report import reconcile as rc
 from dpfl.privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
 from dpfl.privacy.report.jsonsafe import finite
+from dpfl.privacy.report.user_level import build_user_level
 from dpfl.privacy.rundata import RunData, natural_key
 
 SCHEMA = "dpfl-report/1"
@@ -99,7 +100,10 @@ def _mechanism(run: RunData, delta: float | None, accountant: str, not_private: 
         "neighbouring": relation,
         "neighbouring_text": rc.relation_words(relation, counts),
         "declared_records": counts,
-        "how": how if dp else "dp = false: updates were sent without clipping or noise. No epsilon applies.",
+        "how": how if dp else (
+            "no record-level DP-SGD (dp = false): clients trained with plain SGD; the run's guarantee is user-level "
+            "(section 7)" if cfg.get("privacy-unit") == "client"
+            else "dp = false: updates were sent without clipping or noise. No epsilon applies."),
         "composition": ("A client's epsilon composes over every DP-SGD step of every round it trained in, "
                         "never reset between rounds. Each release is written to the client's ledger before "
                         "the update it pays for leaves, and epsilon is always recomputed from the ledger by "
@@ -126,7 +130,7 @@ def _randomness_text(cfg: dict[str, Any]) -> str:
         return ("Noise and sampling came from torch's Mersenne Twister seeded from the run's seed "
                 "(deterministic-noise = true): predictable, NOT PRIVATE.")
     return ("Noise and sampling came from AES-256-CTR keyed with os.urandom, a fresh key per client, round "
-            "and source (client/secure_random.py); floating-point and timing attacks on the noise are not "
+            "and source (privacy/secure_random.py); floating-point and timing attacks on the noise are not "
             "defended (docs/noise.md).")
 
 
@@ -345,7 +349,9 @@ def build_report(run: RunData) -> dict[str, Any]:
     cfg, summary = run.config, run.summary or {}
     dp = _flag(cfg, "dp") if "dp" in cfg else True
     # Conservative: not private if the summary says so or the config does (either may be missing).
-    not_private = (bool(summary.get("not_private")) or is_not_private(dp, _flag(cfg, "deterministic-noise"))
+    user_level = build_user_level(run)  # None unless privacy-unit = client
+    not_private = (bool(summary.get("not_private"))
+                   or is_not_private(dp or user_level is not None, _flag(cfg, "deterministic-noise"))
                    or bool(rc.stamps_found(run)))
     delta = finite(run.resolved.get("delta")) or finite(summary.get("delta"))
     if delta is None and run.metrics:
@@ -362,6 +368,8 @@ def build_report(run: RunData) -> dict[str, Any]:
     accountants = recompute(groups, run.ledgers)
     reconciliation = rc.reconcile(run, delta, accountant) if dp else {"rows": [], "no_ledger": [], "note": ""}
     checks = _checks(run, eps, fed, clients, delta, accountant, dp, relation, reconciliation)
+    if user_level is not None:
+        checks.append(user_level["check"])
     verdict = _verdict(accountants, checks)
     return {
         "schema": SCHEMA,
@@ -375,6 +383,7 @@ def build_report(run: RunData) -> dict[str, Any]:
         "warnings": list(run.warnings),
         "banner": _banner(run, not_private),
         "mechanism": _mechanism(run, delta, accountant, not_private, relation),
+        "user_level": user_level,
         "epsilon": eps,
         "federation": fed,
         "clients": clients,

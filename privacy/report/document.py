@@ -117,14 +117,24 @@ def _glance(r: dict[str, Any]) -> Section:
     check = ("OK: every ε re-derived from the ledgers and every cross-check passed" if r["accounting_ok"]
              else f"FAILED: MISMATCH ({n_bad} issues, listed above and in section 5)")
     if not mech["dp"]:
-        check = "nothing to check: no DP, no ledgers"
+        check = ("OK: every user-level ε re-derived from ledgers/server.jsonl" if r.get("user_level") and
+                 r["accounting_ok"] else "nothing to check: no DP, no ledgers" if not r.get("user_level")
+                 else "FAILED: see section 7")
     eps_text = (f"{f_eps(fed['epsilon'])} at δ = {f_g(fed['delta'])} ({fed['accountant']}; max over clients)"
                 if fed["epsilon"] is not None else "none: no DP guarantee (dp = false)")
+    ul = r.get("user_level")
+    guarantee = ("sample-level (ε, δ)-DP for every record" if mech["dp"] else "")
+    if ul:
+        guarantee = "user-level (ε, δ)-DP for every client" + (f"; and {guarantee}" if guarantee else "")
     rows = [
-        ("Federation ε", eps_text),
-        ("Guarantee", "NOT PRIVATE" if mech["not_private"] else "sample-level (ε, δ)-DP for every record"
+        *([("User-level ε", user_level_text(ul))] if ul else []),
+        ("Federation ε" if not ul else "Record-level ε", eps_text if mech["dp"] or not ul
+         else "none: no record-level DP-SGD (dp = false)"),
+        ("Guarantee", "NOT PRIVATE" if mech["not_private"] else guarantee
          + (", EXCEPT the values named in the banner above" if r["banner"] else "")),
-        ("Neighbouring relation", mech.get("neighbouring_text", "add/remove one record")),
+        ("Neighbouring relation", ("add/remove one whole client (user-level)" if ul else "")
+         + ("; record level: " if ul and mech["dp"] else "")
+         + (mech.get("neighbouring_text", "add/remove one record") if mech["dp"] or not ul else "")),
         *([("Release per client per round", release_text(r))] if mech["dp"] else []),
         *inputs_rows(r),
         ("Clients", str(len(r["clients"]))),
@@ -154,10 +164,41 @@ def _glance(r: dict[str, Any]) -> Section:
     return Section("At a glance", blocks)
 
 
+def user_level_text(ul: dict[str, Any]) -> str:
+    return (f"{f_eps(ul['epsilon'])} at δ = {f_g(ul['delta'])} ({ul['accountant']}; one whole client; expected "
+            f"cohort {f_g(ul['expected_cohort'])} of {f_g(ul['population'])} clients, q = {f_g(ul['sample_rate'])}, "
+            f"σ = {f_num(ul['noise_multiplier'])})")
+
+
+def _user_level(r: dict[str, Any]) -> Section | None:
+    ul = r.get("user_level")
+    if not ul:
+        return None
+    blocks: list[Block] = [("p", ul["plain_words"]), ("p", ul["trust"])]
+    rows = [("User-level ε", user_level_text(ul)),
+            ("Noise multiplier", f"{f_num(ul['noise_multiplier'])}" + (
+                f" (calibrated to user-target-epsilon {f_g(ul['target_epsilon'])} over the run's rounds)"
+                if ul["target_epsilon"] else " (configured)")),
+            ("Clipping", "adaptive (Andrew et al. 2021): C follows the target quantile of update norms from a "
+                         f"noised count (std {f_g(ul['clipped_count_stddev'])}); the count and the update sum are one "
+                         "Gaussian release with the noise multiplier above" if ul["adaptive"] else "fixed"),
+            ("User-level budget", f"ε = {f_g(ul['budget'])}" if ul["budget"] else "none"),
+            ("Record-level guarantee too", "yes: sections 2 to 6 (DP-SGD at each client)" if ul["record_level_too"]
+             else "no (dp = false)")]
+    blocks.append(("kv", rows))
+    blocks.append(("table", ["round", "ε (ledger)", "ε (dp-accounting PLD, recomputed)", "σ", "q", "clip norm C"],
+                   [[f_g(x["round"]), f_eps(x["epsilon"]), f_eps(x["recomputed"]), f_num(x["noise_multiplier"]),
+                     f_g(x["sample_rate"]), f_num(x["clip_norm"])] for x in ul["rounds"]]))
+    if ul["python"]:
+        blocks += [("p", "With dp-accounting alone, from the run directory:"), ("code", "python", ul["python"])]
+    return Section("7. User-level DP: one client's guarantee", blocks)
+
+
 def _mechanism(r: dict[str, Any]) -> Section:
     m = r["mechanism"]
     if not m["dp"]:
-        blocks: list[Block] = [("p", "Nothing is protected: " + m["how"]), ("p", "Privacy statement recorded by "
+        lead = "Record level: " if r.get("user_level") else "Nothing is protected: "
+        blocks: list[Block] = [("p", lead + m["how"]), ("p", "Privacy statement recorded by "
                                "the server (config.json):"), ("list", m["privacy_statement"])]
         return Section("1. Privacy mechanism", blocks)
     rows = [
@@ -435,5 +476,6 @@ def _reproduction(r: dict[str, Any]) -> Section:
 def build_document(report: dict[str, Any]) -> tuple[str, list[Section]]:
     """(title, sections) in reading order."""
     title = f"Privacy report: {report['run']['id']}" + (" (NOT PRIVATE)" if report.get("privacy") else "")
-    return title, [_glance(report), _mechanism(report), _epsilon(report), _federation(report),
-                   _training(report), _accountants(report), _reproduction(report)]
+    sections = [_glance(report), _mechanism(report), _epsilon(report), _federation(report),
+                _training(report), _accountants(report), _reproduction(report), _user_level(report)]
+    return title, [sec for sec in sections if sec is not None]

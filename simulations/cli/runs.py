@@ -68,8 +68,13 @@ def read_row(path: Path) -> RunRow | None:
     rows = read_metrics(path)
     started = dt.datetime.fromtimestamp((path / "config.json").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     dp = bool(config.get("dp", True)) and not config.get("deterministic-noise", False)
+    user_level = config.get("privacy-unit") == "client" and not config.get("deterministic-noise", False)
     last = rows[-1] if rows else {}
     epsilon = summary.get("epsilon_max", last.get("epsilon_max"))
+    unit = "record" if dp else "none (NOT PRIVATE)"
+    if user_level:  # the user-level epsilon is the run's headline; the record-level one is in its report
+        epsilon = summary.get("user_epsilon", last.get("user_epsilon"))
+        unit = "client" + (" + record" if dp else "")
     total = config.get("num-server-rounds", "?")
     done = summary.get("rounds_completed", len(rows))
     if not summary:
@@ -79,9 +84,9 @@ def read_row(path: Path) -> RunRow | None:
     else:
         state = "complete"
     return RunRow(path=path, started=started, dataset=str(config.get("dataset", "?")),
-                  model=str(config.get("model", "?")), unit="record" if dp else "none (NOT PRIVATE)",
+                  model=str(config.get("model", "?")), unit=unit,
                   epsilon=float(epsilon) if isinstance(epsilon, int | float) else None,
-                  delta=summary.get("delta", last.get("delta")),
+                  delta=summary.get("user_delta" if user_level else "delta", last.get("delta")),
                   accuracy=summary.get("final_accuracy", last.get("accuracy")),
                   rounds=f"{done}/{total}", state=state, tags=tuple(tags_of(str(config.get("tag", "")))))
 

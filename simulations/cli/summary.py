@@ -133,6 +133,13 @@ def print_summary(cfg: RunConfig, result: FederationResult, run_path: Path,
         for cid, eps, runs in _prior_runs(summary):
             console.print(f"  earlier runs  {cid}: ε {eps:.3f} before this run, over {runs} earlier run(s); its "
                           "owner's budget covers them all", markup=False)
+    user_eps = _number(summary.get("user_epsilon"))
+    if user_eps is not None:
+        user_delta, cohort = _number(summary.get("user_delta")), _number(summary.get("expected_cohort"))
+        console.print(f"  user-level ε  {user_eps:.3f}" + (f" at δ = {user_delta:.3g}" if user_delta else "")
+                      + f" ({cfg['accountant']}; one client, expected cohort {cohort:g} of {cfg['num-clients']}, "
+                        f"σ = {_number(summary.get('user_noise_multiplier')) or 0:.4g}; ledgers/server.jsonl)",
+                      markup=False)
     for line in cfg.policy.statement():
         console.print(f"  [yellow]{line}[/]" if "NOT" in line else f"  {line}")
     console.print(f"  wall time     {wall:.1f} s" if wall is not None

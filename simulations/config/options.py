@@ -182,6 +182,33 @@ OPTIONS: tuple[Option, ...] = (
     Option("declared-records", 0, "add-remove: the public record count N each client declares (0: the dataset's "
            "public train size / num-clients; a data owner's privacy policy overrides it)",
            check=lambda v: v >= 0, allowed="an integer >= 0 (0: the nominal share)"),
+    # user-level DP (privacy-unit = client): DP-FedAvg with Poisson client sampling, noise added by the server
+    Option("privacy-unit", "record", "what the guarantee protects: one record at a client (record: DP-SGD at "
+           "each client, the keys above) or one whole client (client: user-level DP-FedAvg; each sampled client "
+           "clips its update to user-clip-norm, the server adds Gaussian noise; fraction-train is the Poisson "
+           "sampling rate q; with dp = true both guarantees hold)", choices=("record", "client")),
+    Option("client-sampling", "poisson", "privacy-unit = client: how a round's cohort is drawn (each client "
+           "independently with probability fraction-train)", choices=("poisson",)),
+    Option("user-target-epsilon", 3.0, "privacy-unit = client: calibrate the server's noise multiplier so the "
+           "user-level epsilon after num-server-rounds is at most this (0: off, use user-noise-multiplier)",
+           check=_non_negative, allowed="a number >= 0 (0 turns calibration off)"),
+    Option("user-noise-multiplier", 1.0, "privacy-unit = client: noise std / clip norm of one round's release, "
+           "used when user-target-epsilon is 0", check=_positive, allowed="a number > 0"),
+    Option("user-clip-norm", 1.0, "privacy-unit = client: L2 norm each client clips its model update to (the "
+           "first round's, under adaptive-clipping)", check=_positive, allowed="a number > 0"),
+    Option("user-delta", 0.0, "privacy-unit = client: delta of the user-level guarantee (0: 1 / (10 x "
+           "num-clients))", check=_open_unit_or_zero, allowed="0 (auto) or a number in (0, 1)"),
+    Option("user-epsilon-budget", 0.0, "privacy-unit = client: stop before a round whose release would take "
+           "the user-level epsilon above this (0: none)", check=_non_negative, allowed="a number >= 0"),
+    Option("adaptive-clipping", False, "privacy-unit = client: move the clip norm toward clip-target-quantile "
+           "of the update norms from a noised count (Andrew et al. 2021), inside the same release"),
+    Option("clip-target-quantile", 0.5, "adaptive-clipping: the share of updates that should be within the "
+           "clip norm", check=lambda v: 0 < v < 1, allowed="a number in (0, 1)"),
+    Option("clip-learning-rate", 0.2, "adaptive-clipping: the geometric step of the clip norm", check=_positive,
+           allowed="a number > 0"),
+    Option("clipped-count-stddev", 0.0, "adaptive-clipping: noise std of the count of updates within the clip "
+           "norm (0: the larger of expected cohort / 20 and the noise multiplier)", check=_non_negative,
+           allowed="a number >= 0 (0: auto)"),
     Option("grad-sample-mode", "auto", "how per-sample gradients are computed (auto: the fastest exact mode "
            "measured for the model, see bench/dp_step.py)", choices=("auto", "bk", "hooks", "ghost", "functorch")),
     Option("private-metrics", False, "also send loss/accuracy on clients' private data (NOT covered by DP)"),

@@ -118,5 +118,24 @@ def _check_combinations(values: Mapping[str, Scalar]) -> None:
     if float(values["fraction-evaluate"]) > 0 and float(values["validation-fraction"]) == 0:
         raise ConfigError(f"fraction-evaluate={values['fraction-evaluate']} needs a local validation split to "
                           "evaluate on: set validation-fraction > 0 (e.g. 0.1)")
+    if values["privacy-unit"] == "client":
+        _check_user_level(values)
     if float(values["epsilon-budget"]) and not values["dp"]:
         raise ConfigError("epsilon-budget needs dp=true: without DP there is no epsilon to budget")
+
+
+def _check_user_level(values: Mapping[str, Scalar]) -> None:
+    """User-level DP-FedAvg: every client may be sampled every round (the accounting assumes it), and the
+    clipped-count noise must leave room for the updates' (server/user_level.py)."""
+    if int(values["max-participations"]):
+        raise ConfigError(f"max-participations={values['max-participations']} is not valid with "
+                          "privacy-unit='client': Poisson client sampling is accounted for every round, so there "
+                          "is no participation cap (set 0)")
+    if values["adaptive-clipping"] and float(values["clipped-count-stddev"]):
+        from dpfl.server.user_level import UserLevelError, update_noise_multiplier
+
+        if not float(values["user-target-epsilon"]):
+            try:
+                update_noise_multiplier(float(values["user-noise-multiplier"]), float(values["clipped-count-stddev"]))
+            except UserLevelError as exc:
+                raise ConfigError(str(exc)) from None

@@ -110,4 +110,8 @@ def sigma_rule_layer(layers: Sequence[Mapping[str, Any]]) -> dict[str, Scalar]:
     """An explicit noise multiplier without an explicit target epsilon means: no calibration.
     (The default target is 3; without this rule a given sigma would be silently ignored.)"""
     given = {str(key).replace("_", "-") for layer in layers for key in layer}
-    return {"target-epsilon": 0.0} if "noise-multiplier" in given and "target-epsilon" not in given else {}
+    out: dict[str, Scalar] = {}
+    for sigma, target in (("noise-multiplier", "target-epsilon"), ("user-noise-multiplier", "user-target-epsilon")):
+        if sigma in given and target not in given:
+            out[target] = 0.0
+    return out

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpfl.privacy import DpSgdRelease, epsilon, steps_per_round
+from dpfl.privacy import DpSgdRelease, GaussianRelease, epsilon, steps_per_round
 from dpfl.simulations.config import ConfigError, RunConfig
 
 
@@ -67,3 +67,21 @@ def check_budget_fits(cfg: RunConfig, sizes: Sequence[int], delta: float, sigmas
             raise ConfigError(f"epsilon-budget={budget:g} is below one round's epsilon {one_round:.4g} for "
                               f"{client_id} (sigma {sigma:.4g}, q {q:.4g}, {steps} steps): no client could "
                               "train; raise --epsilon-budget or --noise-multiplier")
+
+
+def check_user_level(cfg: RunConfig) -> None:
+    """privacy-unit = client: the server's mechanism (calibrated noise, the clipped count's share) can be
+    built, checked now rather than when the ServerApp starts; ConfigError names the keys to change."""
+    from dpfl.server.user_level import UserLevelError, user_level_settings
+
+    try:
+        settings = user_level_settings(cfg.as_dict())
+    except UserLevelError as exc:
+        raise ConfigError(str(exc)) from None
+    if settings.budget > 0:
+        first = epsilon([GaussianRelease(settings.noise_multiplier, settings.sample_rate, 1, 1)], settings.delta,
+                        settings.accountant)
+        if first > settings.budget:
+            raise ConfigError(f"user-epsilon-budget {settings.budget:g} is below one round's user-level epsilon "
+                              f"{first:.4g} (noise multiplier {settings.noise_multiplier:.4g}, q "
+                              f"{settings.sample_rate:g}): no round could run; raise the budget or the noise")

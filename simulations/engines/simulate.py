@@ -60,6 +60,8 @@ def preflight(cfg: RunConfig, nodes: list[dict[str, Any]] | None = None) -> dict
     too_small = [client_ids[k] for k, n in enumerate(sizes) if n < 1]
     if too_small:
         raise ConfigError(f"clients {too_small} have no training records; use fewer clients or another partition")
+    if cfg["privacy-unit"] == "client":
+        early_checks.check_user_level(cfg)
     sigmas: dict[str, float] = {}
     if not cfg["dp"]:
         return sigmas

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dpfl.privacy import LedgerError, PrivacyPolicy, Release
-from dpfl.privacy.rundata import LEDGER_DIR, RunData, load_run
+from dpfl.privacy.rundata import LEDGER_DIR, SERVER_LEDGER, RunData, load_run
 from dpfl.simulations.sweeps.spec import Point
 from dpfl.simulations.sweeps.store import RUNS, read_point_info, run_complete
 
@@ -26,7 +26,8 @@ def sample_level_releases(data: RunData) -> dict[str, list[Release]]:
 
     A ledger file rundata could not read is an error here, not a warning: its releases were spent, and
     a tuning epsilon that skipped them would be too small."""
-    unread = sorted(p.name for p in (data.path / LEDGER_DIR).glob("*.jsonl") if p.stem not in data.ledgers)
+    unread = sorted(p.name for p in (data.path / LEDGER_DIR).glob("*.jsonl")
+                    if p.stem not in data.ledgers and p.stem != SERVER_LEDGER)
     if unread:
         raise LedgerError(f"{data.path}: ledger(s) {', '.join(unread)} could not be read, so the releases they "
                           "record cannot be accounted for; restore them or inspect them by hand")
