@@ -99,3 +99,19 @@ def test_a_training_recipe_gives_the_same_epsilon_as_its_schedule() -> None:
 def test_an_incomplete_or_mixed_schedule_is_refused(args: list[str], needle: str) -> None:
     proc = dpfl("privacy", "epsilon", *args, "--noise-multiplier", "1", "--delta", "1e-5")
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_user_level_schedule_is_one_sampled_gaussian_per_round() -> None:
+    """The issue's figure: 1,000 clients, 100 expected per round, 100 rounds, user-level epsilon 3 at delta 1e-5
+    needs sigma of about 1.68 (dp-accounting PLD), and the calculator's epsilon for it is dp-accounting's."""
+    flags = ["--clients", "1000", "--expected-cohort", "100", "--rounds", "100", "--delta", "1e-5"]
+    sigma = json.loads(dpfl("privacy", "noise", *flags, "--target-epsilon", "3", "--json").stdout)["noise_multiplier"]
+    assert sigma == pytest.approx(1.68, abs=0.02)
+    out = json.loads(dpfl("privacy", "epsilon", *flags, "--noise-multiplier", str(sigma), "--accountant", "pld",
+                          "--json").stdout)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(sigma)), 100)
+    pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4).compose(event).get_epsilon(1e-5)
+    assert out["epsilon"] == pytest.approx(pld, rel=0.01) and out["epsilon"] <= 3.0
+    mixed = dpfl("privacy", "epsilon", *flags, "--batch-size", "4", "--noise-multiplier", "1")
+    assert mixed.returncode == 2 and "user-level schedule" in mixed.stderr

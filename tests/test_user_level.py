@@ -202,3 +202,22 @@ def test_user_level_settings_that_break_the_mechanism_are_refused(flags: list[st
     proc = _simulate(tmp_path, *flags)
     assert proc.returncode == 2 and needle in proc.stderr + proc.stdout, proc.stderr[-2000:]
     assert not (tmp_path / "u" / "ledgers").exists()
+
+
+def test_a_truncated_server_ledger_cannot_be_resumed(user_run: Path, tmp_path: Path) -> None:
+    """The checkpoint records ledgers/server.jsonl's length and head like every server ledger: a rolled-back
+    user-level ledger is refused by resume, never continued from."""
+    import shutil
+
+    from dpfl.server.resume import ResumeError, check_resumable
+    from dpfl.server.rundir import RunDirectory
+
+    copy = tmp_path / "u"
+    shutil.copytree(user_run, copy)
+    checkpoint = check_resumable(RunDirectory(copy))
+    assert checkpoint is not None and checkpoint.state["ledger_heads"]["server"][0] == 6
+    assert checkpoint.state["user_level"]["clip_norm"] > 0
+    ledger = copy / "ledgers" / "server.jsonl"
+    ledger.write_text("".join(ledger.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(ResumeError, match="server"):
+        check_resumable(RunDirectory(copy))

@@ -57,7 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         recipe.add_argument("--epochs", type=int, default=None, metavar="E", help="local epochs per round "
                             "(default 1)")
         recipe.add_argument("--rounds", type=int, default=None, metavar="R",
-                            help="rounds the client takes part in (required with --records)")
+                            help="rounds the client takes part in (required with --records or --clients)")
+        user = p.add_argument_group("or a user-level schedule (privacy-unit = client: q = K/N, one Poisson-"
+                                    "sampled Gaussian release per round)")
+        user.add_argument("--clients", type=int, default=None, metavar="N",
+                          help="the population clients are sampled from")
+        user.add_argument("--expected-cohort", type=int, default=None, metavar="K",
+                          help="clients per round on average (fraction-train = K/N)")
         p.add_argument("--delta", type=float, required=True, help="δ of the (ε, δ) guarantee, in (0, 1); "
                        "well below 1/records")
         if what == "epsilon":
@@ -80,6 +86,8 @@ def schedule_of(args: argparse.Namespace) -> Schedule:
     """The schedule the flags describe; ValueError naming the flags when they are mixed or incomplete."""
     recipe = {f: getattr(args, f) for f in RECIPE_FLAGS if getattr(args, f) is not None}
     mechanism = args.sample_rate is not None or args.steps is not None
+    if args.clients is not None or args.expected_cohort is not None:
+        return _user_level_schedule(args, recipe, mechanism)
     if recipe and mechanism:
         raise ValueError("give the schedule one way: --sample-rate and --steps, or --batch-size, --records, "
                          "--epochs and --rounds, not both")
@@ -104,6 +112,20 @@ def schedule_of(args: argparse.Namespace) -> Schedule:
                     f"q = {args.batch_size}/{args.records} = {q:.6g}, {epochs} x ceil({args.records}/"
                     f"{args.batch_size}) = {steps} steps per round x {args.rounds} rounds = {steps * args.rounds} "
                     "steps")
+
+
+def _user_level_schedule(args: argparse.Namespace, recipe: dict[str, int], mechanism: bool) -> Schedule:
+    if mechanism or set(recipe) - {"rounds"}:
+        raise ValueError("give a user-level schedule as --clients N --expected-cohort K --rounds R alone (no "
+                         "--sample-rate/--steps, --batch-size/--records/--epochs)")
+    if args.clients is None or args.expected_cohort is None or args.rounds is None:
+        raise ValueError("a user-level schedule needs --clients N, --expected-cohort K and --rounds R")
+    if not 1 <= args.expected_cohort <= args.clients or args.rounds < 1:
+        raise ValueError(f"--expected-cohort {args.expected_cohort} of --clients {args.clients} over --rounds "
+                         f"{args.rounds} is not valid: expected 1 <= K <= N and R >= 1")
+    q = args.expected_cohort / args.clients
+    return Schedule(q, 1, args.rounds, f"user-level: q = {args.expected_cohort}/{args.clients} = {q:.6g}, one "
+                                       f"release per round x {args.rounds} rounds")
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
