@@ -11,8 +11,9 @@ recipe (plain SGD) in every leg:
   run on dpfl's in-process grid (bench/peers/flower_central_dp) so only the mechanism differs;
 - **non-private**: dpfl's FedAvg with dp = false, the same cohorts' size, the same recipe.
 
-dpfl's legs use server momentum 0.9 and an EMA (0.9) of the global model, both post-processing of the noised
-aggregate (free under DP); Flower's leg is its DP wrapper around stock FedAvg, as its documentation shows it.
+dpfl's legs use server learning rate 0.5 with momentum 0.9 and an EMA (0.9) of the global model, all
+post-processing of the noised aggregate (free under DP); Flower's leg is its DP wrapper around stock FedAvg,
+as its documentation shows it.
 
 Every epsilon is recomputed with dp-accounting: dpfl's from ``ledgers/server.jsonl`` (PLD of the ledger's own
 Poisson-subsampled Gaussians), Flower's as R compositions of its Gaussian (no sampling, PLD).
@@ -47,7 +48,7 @@ RECIPE = {"dataset": "fashion-mnist", "model": "cnn", "partition": "dirichlet", 
           "batch-size": 10, "local-epochs": 1, "learning-rate": 0.1, "momentum": 0.0, "validation-fraction": 0.0,
           "min-train-clients": 1, "seed": 0}
 DPFL = {"privacy-unit": "client", "dp": False, "user-target-epsilon": TARGET_EPSILON, "user-delta": DELTA,
-        "user-clip-norm": 0.3, "server-momentum": 0.9, "ema-decay": 0.9}
+        "user-clip-norm": 0.3, "server-momentum": 0.9, "server-learning-rate": 0.5, "ema-decay": 0.9}
 LEGS = ("dpfl", "flower", "nonprivate")
 
 
@@ -132,8 +133,8 @@ def main() -> int:
             if leg == "dpfl":
                 results[leg] = run_dpfl({**recipe, **DPFL}, Path(tmp), "dpfl")
             elif leg == "nonprivate":
-                results[leg] = run_dpfl({**recipe, "dp": False, "server-momentum": DPFL["server-momentum"],
-                                         "ema-decay": DPFL["ema-decay"]}, Path(tmp), "nonprivate")
+                server = {k: DPFL[k] for k in ("server-momentum", "server-learning-rate", "ema-decay")}
+                results[leg] = run_dpfl({**recipe, "dp": False, **server}, Path(tmp), "nonprivate")
             else:
                 results[leg] = run_flower(recipe, Path(tmp))
             r = results[leg]
