@@ -111,7 +111,10 @@ class DpFedAvg(FedAvg):
         self._sent_arrays = arrays
         self._sent_model = SentModel.of(arrays)
         charged: list[int] = []
-        for node in chosen:  # charged before the instruction leaves: a lost or late reply is still paid for
+        # user-level: every eligible client is charged its record-level release, sampled or not, so the server's
+        # per-client ledgers (and the epsilon per client in metrics) do not tell who was in the cohort
+        to_charge = eligible if self.user_level is not None else chosen
+        for node in to_charge:  # charged before the instruction leaves: a lost or late reply is still paid for
             try:
                 self.roster.charge(node, server_round)
             except Exception as exc:  # noqa: BLE001 - charge is all-or-nothing: this client is simply not sent
@@ -121,6 +124,9 @@ class DpFedAvg(FedAvg):
                 self._send_events.append({"client": cid, "event": "failed", "reason": reason})
                 continue
             charged.append(node)
+        if self.user_level is not None:
+            picked = set(chosen)
+            charged = [n for n in charged if n in picked]
         self._sent_to = set(charged)
         if not charged and self.user_level is None:
             self.stop_reason = f"round {server_round}: no sampled client could be charged; nothing was sent"

@@ -221,3 +221,20 @@ def test_a_truncated_server_ledger_cannot_be_resumed(user_run: Path, tmp_path: P
     ledger.write_text("".join(ledger.read_text().splitlines(keepends=True)[:-1]))
     with pytest.raises(ResumeError, match="server"):
         check_resumable(RunDirectory(copy))
+
+
+def test_with_both_units_the_record_level_ledgers_do_not_show_the_cohort(tmp_path: Path) -> None:
+    """dp = true as well: every client's server-side record-level ledger is charged every round, sampled or not
+    (conservative: the server's epsilon is never below the client's), so neither the ledgers nor the epsilon per
+    client in metrics.jsonl say who was in a round's cohort."""
+    proc = _simulate(tmp_path, "--dp", "true", "--num-server-rounds", "3", "--num-clients", "12",
+                     "--fraction-train", "0.3", "--user-target-epsilon", "6", "--user-delta", "1e-3")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = tmp_path / "u"
+    ledgers = sorted((run / "ledgers").glob("client-*.jsonl"))
+    assert len(ledgers) == 12
+    assert {len(p.read_text().splitlines()) for p in ledgers} == {3}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        assert len(set(json.loads(line)["epsilon"].values())) == 1
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["accounting_ok"], report["verdict"]
