@@ -22,8 +22,8 @@ _EXPORTS = {
     "dpfl.privacy.ledger": ("Ledger", "LedgerError"),
     "dpfl.privacy.ledger_chain": ("LedgerTamperedError",),
     "dpfl.privacy.policy": ("PolicyError", "PrivacyPolicy", "effective_budget", "participation_cap"),
-    "dpfl.privacy.releases": ("DpSgdRelease", "GaussianRelease", "Release", "release_from_dict",
-                              "validate_release_params"),
+    "dpfl.privacy.releases": ("DpSgdRelease", "FixedCohortGaussianRelease", "GaussianRelease", "Release",
+                              "release_from_dict", "validate_release_params"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -34,12 +34,18 @@ RELATION_WORDS = {
 
 USER_LEVEL_WORDS = (
     "User-level DP (privacy-unit = client): the guarantee protects each client's whole contribution, every "
-    "record it holds at once. Neighbouring federations differ by adding or removing one client. Each round the "
-    "server samples every client independently with probability q (Poisson), each sampled client clips its model "
+    "record it holds at once. {relation} Each round the server {sampling}, each sampled client clips its model "
     "update to norm C on its own machine, and the server adds Gaussian noise of std z x C to the sum and divides "
     "by the expected cohort q x N. Trust: the server sees the clipped updates in the clear (central DP), and the "
     "amplification by sampling holds against anyone who does not learn the cohort, so neither the participants "
     "nor the size of a round's cohort is published.")
+USER_SAMPLING_WORDS = {
+    "poisson": ("Neighbouring federations differ by adding or removing one client.",
+                "samples every client independently with probability q (Poisson)"),
+    "fixed": ("Neighbouring federations differ by replacing one client (the population size is public); epsilon "
+              "is from dp-accounting's RDP for sampling without replacement.",
+              "samples exactly q x N clients uniformly without replacement"),
+}
 
 
 class PolicyError(ValueError):
@@ -89,6 +95,7 @@ class PrivacyPolicy:
     accountant: str
     neighbouring: str = "add-remove"
     privacy_unit: str = "record"  # "client": user-level DP-FedAvg at the server (server/user_level.py)
+    client_sampling: str = "poisson"  # privacy-unit = client: "poisson" or "fixed" cohorts
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> PrivacyPolicy:
@@ -98,7 +105,8 @@ class PrivacyPolicy:
                    epsilon_budget=float(cfg["epsilon-budget"]), target_epsilon=float(cfg["target-epsilon"]),
                    max_participations=int(cfg["max-participations"]), num_rounds=int(cfg["num-server-rounds"]),
                    accountant=str(cfg["accountant"]), neighbouring=str(cfg.get("neighbouring", "add-remove")),
-                   privacy_unit=str(cfg.get("privacy-unit", "record")))
+                   privacy_unit=str(cfg.get("privacy-unit", "record")),
+                   client_sampling=str(cfg.get("client-sampling", "poisson")))
 
     @property
     def user_level(self) -> bool:
@@ -135,7 +143,8 @@ class PrivacyPolicy:
                          "who knows the seed can remove it. For tests only.")
         else:
             if self.user_level:
-                lines.append(USER_LEVEL_WORDS)
+                relation, sampling = USER_SAMPLING_WORDS.get(self.client_sampling, USER_SAMPLING_WORDS["poisson"])
+                lines.append(USER_LEVEL_WORDS.format(relation=relation, sampling=sampling))
             if self.dp:
                 lines.append(ASSUMPTION)
                 lines.append(RELATION_WORDS.get(self.neighbouring, f"Neighbouring relation: {self.neighbouring}."))

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import dp_accounting
 
 __all__ = [
-    "MECHANISMS", "DpSgdRelease", "GaussianRelease", "Release", "release_from_dict",
+    "MECHANISMS", "DpSgdRelease", "FixedCohortGaussianRelease", "GaussianRelease", "Release", "release_from_dict",
     "validate_release_params",
 ]
 
@@ -112,9 +112,60 @@ class GaussianRelease(_SampledGaussian):
     mechanism: str = "gaussian"
 
 
-Release = DpSgdRelease | GaussianRelease
-MECHANISMS: dict[str, type[DpSgdRelease] | type[GaussianRelease]] = {
+@dataclass(frozen=True)
+class FixedCohortGaussianRelease(_SampledGaussian):
+    """User-level DP-FedAvg with a cohort of exactly ``sample_rate x population`` clients drawn uniformly without
+    replacement: the Gaussian on the sum, subsampled without replacement. Neighbouring populations differ by
+    replacing one client (the population size is fixed and public). dp-accounting's RDP accountant is the one
+    that accounts it (its PLD has no event for sampling without replacement); ``to_dp_event`` gives that event.
+    """
+
+    MECHANISM: ClassVar[str] = "gaussian-fixed-cohort"
+    noise_multiplier: float
+    sample_rate: float
+    steps: int = 1
+    round: int = 0
+    mechanism: str = "gaussian-fixed-cohort"
+    population: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (_is_number(self.population) and float(self.population).is_integer() and self.population >= 1):
+            raise ValueError(f"population {self.population!r} is not valid: expected an integer >= 1")
+        object.__setattr__(self, "population", int(self.population))
+        cohort = self.sample_rate * self.population
+        if abs(cohort - round(cohort)) > 1e-6:
+            raise ValueError(f"sample rate {self.sample_rate!r} x population {self.population} is not a whole cohort")
+
+    @property
+    def cohort(self) -> int:
+        return round(self.sample_rate * self.population)
+
+    @property
+    def key(self) -> tuple[str, float, float, int]:
+        return (self.mechanism, self.noise_multiplier, self.sample_rate, self.steps, self.population)  # type: ignore[return-value]
+
+    def to_dp_event(self) -> dp_accounting.DpEvent:
+        sampled = dp_accounting.SampledWithoutReplacementDpEvent(
+            self.population, self.cohort, dp_accounting.GaussianDpEvent(self.noise_multiplier))
+        return dp_accounting.SelfComposedDpEvent(sampled, self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "population": self.population}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        if "population" not in d:
+            raise ValueError(f"release is missing population: got keys {sorted(d)}")
+        return cls(noise_multiplier=d.get("noise_multiplier"), sample_rate=d.get("sample_rate"),
+                   steps=d.get("steps"), round=d.get("round", 0), mechanism=d.get("mechanism", cls.MECHANISM),
+                   population=d["population"])
+
+
+Release = DpSgdRelease | GaussianRelease | FixedCohortGaussianRelease
+MECHANISMS: dict[str, type[DpSgdRelease] | type[GaussianRelease] | type[FixedCohortGaussianRelease]] = {
     DpSgdRelease.MECHANISM: DpSgdRelease, GaussianRelease.MECHANISM: GaussianRelease,
+    FixedCohortGaussianRelease.MECHANISM: FixedCohortGaussianRelease,
 }
 
 

@@ -143,6 +143,8 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         "privacy_unit": policy.privacy_unit,
         **({} if user_level is None else {
             "user_epsilon": user_level.epsilon, "user_delta": user_settings.delta if user_settings else None,
+            "user_accountant": user_level.accountant, "user_neighbouring": user_level.neighbouring,
+            "client_sampling": user_level.settings.sampling,
             "expected_cohort": user_level.settings.expected_cohort,
             "user_noise_multiplier": user_level.settings.noise_multiplier, "final_clip_norm": user_level.clip_norm}),
     })

@@ -32,10 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import numpy as np
 import torch
 
-from dpfl.privacy import GaussianRelease, Ledger, calibrate_noise, epsilon, release_from_dict
+from dpfl.privacy import (
+    FixedCohortGaussianRelease,
+    GaussianRelease,
+    Ledger,
+    calibrate_noise,
+    epsilon,
+    release_from_dict,
+)
+from dpfl.privacy.calibration import MAX_SIGMA
 from dpfl.privacy.policy import auto_delta
 from dpfl.privacy.rundata import SERVER_LEDGER
 from dpfl.privacy.secure_random import SecureRandom
@@ -43,6 +52,9 @@ from dpfl.privacy.secure_random import SecureRandom
 log = logging.getLogger("dpfl.server")
 
 PRIVACY_UNITS = ("record", "client")
+
+
+RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512])
 
 
 class UserLevelError(ValueError):
@@ -78,6 +90,7 @@ class UserLevelSettings:
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
     count_stddev: float = 0.0  # sigma_b of the clipped count (adaptive only)
+    sampling: str = "poisson"  # "fixed": exactly q N clients without replacement, replace-one, RDP
 
     @property
     def expected_cohort(self) -> float:
@@ -98,9 +111,14 @@ def user_level_settings(cfg: Mapping[str, Any]) -> UserLevelSettings:
     delta = float(cfg["user-delta"]) or auto_delta(population)
     adaptive = bool(cfg["adaptive-clipping"])
     target = float(cfg["user-target-epsilon"])
+    sampling = str(cfg.get("client-sampling", "poisson"))
+    if sampling == "fixed" and abs(q * population - round(q * population)) > 1e-9:
+        raise UserLevelError(f"client-sampling = fixed needs fraction-train x num-clients to be a whole cohort: "
+                             f"{q:g} x {population} = {q * population:g}")
     if target > 0:
         try:
-            z = calibrate_noise(target, delta, q, 1, rounds, accountant=accountant)
+            z = (calibrate_fixed_cohort(target, delta, q, rounds, population) if sampling == "fixed"
+                 else calibrate_noise(target, delta, q, 1, rounds, accountant=accountant))
         except ValueError as exc:
             raise UserLevelError(f"user-target-epsilon {target:g} cannot be met with fraction-train {q:g} over "
                                  f"{rounds} rounds at user-delta {delta:g}: {exc}") from None
@@ -112,9 +130,36 @@ def user_level_settings(cfg: Mapping[str, Any]) -> UserLevelSettings:
         population=population, sample_rate=q, noise_multiplier=z, clip_norm=float(cfg["user-clip-norm"]),
         delta=delta, accountant=accountant, budget=float(cfg["user-epsilon-budget"]), adaptive=adaptive,
         target_quantile=float(cfg["clip-target-quantile"]), clip_learning_rate=float(cfg["clip-learning-rate"]),
-        count_stddev=count_std)
+        count_stddev=count_std, sampling=sampling)
     settings.update_noise_multiplier  # noqa: B018 - raises UserLevelError now, not in round 1
     return settings
+
+
+def fixed_cohort_epsilon(releases: list[Any], delta: float) -> float:
+    """Epsilon of fixed-size cohorts (sampling without replacement) under replace-one, by dp-accounting's RDP
+    accountant: the only dp-accounting accountant with an event for it."""
+    accountant = dp_accounting.rdp.RdpAccountant(
+        RDP_ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for release in releases:
+        accountant.compose(release.to_dp_event())
+    return float(accountant.get_epsilon(delta))
+
+
+def calibrate_fixed_cohort(target: float, delta: float, q: float, rounds: int, population: int) -> float:
+    """The smallest noise multiplier (to 0.5 %) whose fixed-cohort schedule ends at epsilon <= target."""
+    def eps(z: float) -> float:
+        release = FixedCohortGaussianRelease(noise_multiplier=z, sample_rate=q, steps=rounds, population=population)
+        return fixed_cohort_epsilon([release], delta)
+
+    lo, hi = 0.1, 1.0
+    while eps(hi) > target:
+        lo, hi = hi, hi * 2
+        if hi > MAX_SIGMA:
+            raise ValueError(f"the noise multiplier would have to exceed {MAX_SIGMA:g}")
+    while hi / lo > 1.005:
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if eps(mid) > target else (lo, mid)
+    return hi
 
 
 def noise_source(deterministic: bool, seed: int) -> SecureRandom:
@@ -140,10 +185,32 @@ class UserLevelMechanism:
         self.z_update = settings.update_noise_multiplier  # raises UserLevelError before any round
 
     # -- accounting ---------------------------------------------------------------------------------------
-    def release(self, server_round: int) -> GaussianRelease:
+    def release(self, server_round: int) -> GaussianRelease | FixedCohortGaussianRelease:
         s = self.settings
+        if s.sampling == "fixed":
+            return FixedCohortGaussianRelease(noise_multiplier=s.noise_multiplier, sample_rate=s.sample_rate,
+                                              steps=1, round=server_round, population=s.population)
         return GaussianRelease(noise_multiplier=s.noise_multiplier, sample_rate=s.sample_rate, steps=1,
                                round=server_round)
+
+    def epsilon_after(self, server_round: int) -> float:
+        """The user-level epsilon the ledger would hold once round ``server_round`` is charged."""
+        return self._epsilon([*self.ledger.releases, self.release(server_round)])
+
+    def _epsilon(self, releases: list[Any]) -> float:
+        s = self.settings
+        if s.sampling == "fixed":
+            return fixed_cohort_epsilon(releases, s.delta)
+        return epsilon(releases, s.delta, s.accountant)
+
+    @property
+    def accountant(self) -> str:
+        """The accountant the central ledger's epsilons come from (fixed cohorts: RDP, the one that can)."""
+        return "rdp" if self.settings.sampling == "fixed" else self.settings.accountant
+
+    @property
+    def neighbouring(self) -> str:
+        return "replace-one" if self.settings.sampling == "fixed" else "add-remove"
 
     @property
     def epsilon(self) -> float:
@@ -155,7 +222,7 @@ class UserLevelMechanism:
         s = self.settings
         if s.budget <= 0 or self._booked(server_round) is not None:
             return ""
-        eps = epsilon([*self.ledger.releases, self.release(server_round)], s.delta, s.accountant)
+        eps = self.epsilon_after(server_round)
         if eps > s.budget:
             return (f"round {server_round}: user-level epsilon would reach {eps:.4f}, above user-epsilon-budget "
                     f"{s.budget:g}; stopped before the release")
@@ -169,10 +236,10 @@ class UserLevelMechanism:
         if booked is not None:
             return booked
         s, release = self.settings, self.release(server_round)
-        eps = epsilon([*self.ledger.releases, release], s.delta, s.accountant)
-        self.ledger.append(release, delta=s.delta, accountant=s.accountant, epsilon=eps, client=SERVER_LEDGER,
-                           run=self.run, neighbouring="add-remove", privacy_unit="client",
-                           population=s.population, expected_cohort=s.expected_cohort,
+        eps = self._epsilon([*self.ledger.releases, release])
+        self.ledger.append(release, delta=s.delta, accountant=self.accountant, epsilon=eps, client=SERVER_LEDGER,
+                           run=self.run, neighbouring=self.neighbouring, privacy_unit="client",
+                           population=s.population, expected_cohort=s.expected_cohort, client_sampling=s.sampling,
                            clip_norm=self.clip_norm, update_noise_multiplier=self.z_update,
                            clipped_count_stddev=s.count_stddev if s.adaptive else 0.0, **self.entry_fields)
         return eps
@@ -192,6 +259,9 @@ class UserLevelMechanism:
         if not candidates:
             return []
         draws = self.rng.uniform(len(candidates)).numpy()
+        if self.settings.sampling == "fixed":  # a uniform cohort of exactly q N: the q N smallest of iid draws
+            size = round(self.settings.expected_cohort)
+            return [candidates[i] for i in sorted(np.argsort(draws, kind="stable")[:size])]
         return [c for c, u in zip(candidates, draws, strict=True) if u < self.settings.sample_rate]
 
     # -- aggregation --------------------------------------------------------------------------------------

@@ -238,3 +238,29 @@ def test_with_both_units_the_record_level_ledgers_do_not_show_the_cohort(tmp_pat
         assert len(set(json.loads(line)["epsilon"].values())) == 1
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["accounting_ok"], report["verdict"]
+
+
+def test_fixed_size_cohorts_are_exact_and_accounted_under_replace_one_with_rdp(tmp_path: Path) -> None:
+    """client-sampling = fixed: exactly q N clients each round (never published), booked as a sampled-without-
+    replacement Gaussian under replace-one; every line's epsilon equals dp-accounting's RDP of the file alone."""
+    mech = UserLevelMechanism(_settings(population=200, sample_rate=0.25, sampling="fixed"), None, rng=_fixed_rng(4))
+    cohorts = [mech.sample(list(range(200))) for _ in range(50)]
+    assert {len(c) for c in cohorts} == {50} and len({tuple(c) for c in cohorts}) == 50
+    assert mech.sample(list(range(30))) == list(range(30))  # fewer candidates than the cohort: all of them
+    proc = _simulate(tmp_path, "--client-sampling", "fixed")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "u" / "ledgers" / "server.jsonl").read_text().splitlines()]
+    assert {(r["mechanism"], r["neighbouring"], r["accountant"]) for r in rows} == {
+        ("gaussian-fixed-cohort", "replace-one", "rdp")}
+    orders = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
+    acc = dp_accounting.rdp.RdpAccountant(orders, dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for row in rows:
+        acc.compose(dp_accounting.SampledWithoutReplacementDpEvent(
+            row["population"], round(row["sample_rate"] * row["population"]),
+            dp_accounting.GaussianDpEvent(row["noise_multiplier"])))
+        assert row["epsilon"] == pytest.approx(acc.get_epsilon(row["delta"]), rel=1e-6)
+    assert rows[-1]["epsilon"] <= 4.0
+    report = json.loads((tmp_path / "u" / "report" / "report.json").read_text())
+    assert report["accounting_ok"] and report["user_level"]["neighbouring"] == "replace-one"
+    bad = _simulate(tmp_path / "bad", "--client-sampling", "fixed", "--fraction-train", "0.33")
+    assert bad.returncode == 2 and "whole cohort" in bad.stderr

@@ -132,7 +132,9 @@ def _glance(r: dict[str, Any]) -> Section:
          else "none: no record-level DP-SGD (dp = false)"),
         ("Guarantee", "NOT PRIVATE" if mech["not_private"] else guarantee
          + (", EXCEPT the values named in the banner above" if r["banner"] else "")),
-        ("Neighbouring relation", ("add/remove one whole client (user-level)" if ul else "")
+        ("Neighbouring relation", (("replace one whole client (user-level, fixed cohorts)"
+                                    if ul.get("neighbouring") == "replace-one" else
+                                    "add/remove one whole client (user-level)") if ul else "")
          + ("; record level: " if ul and mech["dp"] else "")
          + (mech.get("neighbouring_text", "add/remove one record") if mech["dp"] or not ul else "")),
         *([("Release per client per round", release_text(r))] if mech["dp"] else []),

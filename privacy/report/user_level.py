@@ -23,7 +23,8 @@ PLAIN_WORDS = (
     "User-level differential privacy protects a whole client (a phone, a hospital, a user) at once: everything "
     "the run released - every global model and every metric computed on the server's test data - would be "
     "almost as likely had any one client never taken part, whatever and however many records it holds. "
-    "Each round the server drew a random cohort (every client independently with probability q), each sampled "
+    "Each round the server drew a random cohort (every client independently with probability q; or, with fixed "
+    "cohorts, exactly q x N clients, and then neighbours replace one client), each sampled "
     "client clipped its model update to norm C on its own machine, and the server added Gaussian noise of "
     "standard deviation z x C to the sum before dividing by the expected cohort q x N.")
 TRUST = (
@@ -33,13 +34,30 @@ TRUST = (
     "number.")
 
 
-def _pld_epsilons(entries: list[dict[str, Any]], delta: float) -> list[float]:
-    """Cumulative epsilon after every entry, from dp-accounting's PLD alone."""
+FIXED = "gaussian-fixed-cohort"  # privacy.releases.FixedCohortGaussianRelease.MECHANISM
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
+
+
+def _event(e: dict[str, Any]) -> dp_accounting.DpEvent:
+    gaussian = dp_accounting.GaussianDpEvent(float(e["noise_multiplier"]))
+    if e.get("mechanism") == FIXED:
+        population = int(e["population"])
+        sampled: dp_accounting.DpEvent = dp_accounting.SampledWithoutReplacementDpEvent(
+            population, round(float(e["sample_rate"]) * population), gaussian)
+    else:
+        sampled = dp_accounting.PoissonSampledDpEvent(float(e["sample_rate"]), gaussian)
+    return dp_accounting.SelfComposedDpEvent(sampled, int(e["steps"]))
+
+
+def _independent_epsilons(entries: list[dict[str, Any]], delta: float) -> list[float]:
+    """Cumulative epsilon after every entry from dp-accounting alone: PLD for Poisson cohorts (add/remove),
+    RDP under replace-one for fixed-size cohorts (PLD has no event for sampling without replacement)."""
+    fixed = any(e.get("mechanism") == FIXED for e in entries)
+    accountant: Any = (dp_accounting.rdp.RdpAccountant(RDP_ORDERS, dp_accounting.NeighboringRelation.REPLACE_ONE)
+                       if fixed else dp_accounting.pld.PLDAccountant(value_discretization_interval=PLD_INTERVAL))
     out: list[float] = []
-    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=PLD_INTERVAL)
     for e in entries:
-        accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
-            float(e["sample_rate"]), dp_accounting.GaussianDpEvent(float(e["noise_multiplier"]))), int(e["steps"])))
+        accountant.compose(_event(e))
         out.append(float(accountant.get_epsilon(delta)))
     return out
 
@@ -56,12 +74,12 @@ def build_user_level(run: RunData) -> dict[str, Any] | None:
     if run.user_ledger is None:
         failures.append("ledgers/server.jsonl is missing or unreadable: the user-level releases cannot be "
                         "re-checked")
-    recomputed = _pld_epsilons(entries, delta) if entries and delta else []
+    recomputed = _independent_epsilons(entries, delta) if entries and delta else []
     rows = []
     for e, independent in zip(entries, recomputed, strict=True):
         booked = float(e["epsilon"])
         if abs(booked - independent) > TOLERANCE * max(independent, 1e-12):
-            failures.append(f"server.jsonl round {e.get('round')}: epsilon {booked:.6g} but dp-accounting's PLD "
+            failures.append(f"server.jsonl round {e.get('round')}: epsilon {booked:.6g} but dp-accounting "
                             f"gives {independent:.6g}")
         rows.append({"round": e.get("round"), "epsilon": booked, "recomputed": independent,
                      "noise_multiplier": e.get("noise_multiplier"), "sample_rate": e.get("sample_rate"),
@@ -92,7 +110,9 @@ def build_user_level(run: RunData) -> dict[str, Any] | None:
         "check": {"name": "ledgers/server.jsonl: every epsilon equals dp-accounting's PLD of the ledger's own "
                           "releases, and summary/metrics agree and publish no cohort",
                   "ok": not failures, "details": failures},
-        "python": _python(rows, delta),
+        "sampling": "fixed" if first.get("mechanism") == FIXED else "poisson",
+        "neighbouring": first.get("neighbouring", "add-remove"),
+        "python": _python(rows, delta) if first.get("mechanism") != FIXED else _python_fixed(rows, delta),
     }
 
 
@@ -106,4 +126,19 @@ def _python(rows: list[dict[str, Any]], delta: float | None) -> str:
             "    e = json.loads(line)\n"
             "    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(\n"
             "        e['sample_rate'], dp_accounting.GaussianDpEvent(e['noise_multiplier'])), e['steps']))\n"
+            f"print(acc.get_epsilon({delta!r}))  # {rows[-1]['epsilon']:.6g} in the ledger\n")
+
+
+def _python_fixed(rows: list[dict[str, Any]], delta: float | None) -> str:
+    """The fixed-cohort variant: RDP under replace-one with sampling without replacement."""
+    if not rows or delta is None:
+        return ""
+    return ("import json, dp_accounting\n"
+            "orders = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]\n"
+            "acc = dp_accounting.rdp.RdpAccountant(orders, dp_accounting.NeighboringRelation.REPLACE_ONE)\n"
+            "for line in open('ledgers/server.jsonl'):\n"
+            "    e = json.loads(line)\n"
+            "    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.SampledWithoutReplacementDpEvent(\n"
+            "        e['population'], round(e['sample_rate'] * e['population']),\n"
+            "        dp_accounting.GaussianDpEvent(e['noise_multiplier'])), e['steps']))\n"
             f"print(acc.get_epsilon({delta!r}))  # {rows[-1]['epsilon']:.6g} in the ledger\n")

@@ -137,7 +137,10 @@ def print_summary(cfg: RunConfig, result: FederationResult, run_path: Path,
     if user_eps is not None:
         user_delta, cohort = _number(summary.get("user_delta")), _number(summary.get("expected_cohort"))
         console.print(f"  user-level ε  {user_eps:.3f}" + (f" at δ = {user_delta:.3g}" if user_delta else "")
-                      + f" ({cfg['accountant']}; one client, expected cohort {cohort:g} of {cfg['num-clients']}, "
+                      + f" ({summary.get('user_accountant') or cfg['accountant']}; one client, "
+                        f"{summary.get('user_neighbouring') or 'add-remove'}, "
+                        f"{summary.get('client_sampling') or 'poisson'} cohorts of {cohort:g} expected of "
+                        f"{cfg['num-clients']}, "
                         f"σ = {_number(summary.get('user_noise_multiplier')) or 0:.4g}; ledgers/server.jsonl)",
                       markup=False)
     for line in cfg.policy.statement():

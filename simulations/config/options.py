@@ -187,8 +187,10 @@ OPTIONS: tuple[Option, ...] = (
            "each client, the keys above) or one whole client (client: user-level DP-FedAvg; each sampled client "
            "clips its update to user-clip-norm, the server adds Gaussian noise; fraction-train is the Poisson "
            "sampling rate q; with dp = true both guarantees hold)", choices=("record", "client")),
-    Option("client-sampling", "poisson", "privacy-unit = client: how a round's cohort is drawn (each client "
-           "independently with probability fraction-train)", choices=("poisson",)),
+    Option("client-sampling", "poisson", "privacy-unit = client: how a round's cohort is drawn (poisson: each "
+           "client independently with probability fraction-train, add/remove one client; fixed: exactly "
+           "fraction-train x num-clients clients without replacement, replace-one client, RDP accounting)",
+           choices=("poisson", "fixed")),
     Option("user-target-epsilon", 3.0, "privacy-unit = client: calibrate the server's noise multiplier so the "
            "user-level epsilon after num-server-rounds is at most this (0: off, use user-noise-multiplier)",
            check=_non_negative, allowed="a number >= 0 (0 turns calibration off)"),

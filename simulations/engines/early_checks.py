@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpfl.privacy import DpSgdRelease, GaussianRelease, epsilon, steps_per_round
+from dpfl.privacy import DpSgdRelease, epsilon, steps_per_round
 from dpfl.simulations.config import ConfigError, RunConfig
 
 
@@ -72,15 +72,14 @@ def check_budget_fits(cfg: RunConfig, sizes: Sequence[int], delta: float, sigmas
 def check_user_level(cfg: RunConfig) -> None:
     """privacy-unit = client: the server's mechanism (calibrated noise, the clipped count's share) can be
     built, checked now rather than when the ServerApp starts; ConfigError names the keys to change."""
-    from dpfl.server.user_level import UserLevelError, user_level_settings
+    from dpfl.server.user_level import UserLevelError, UserLevelMechanism, user_level_settings
 
     try:
         settings = user_level_settings(cfg.as_dict())
     except UserLevelError as exc:
         raise ConfigError(str(exc)) from None
     if settings.budget > 0:
-        first = epsilon([GaussianRelease(settings.noise_multiplier, settings.sample_rate, 1, 1)], settings.delta,
-                        settings.accountant)
+        first = UserLevelMechanism(settings, None).epsilon_after(1)
         if first > settings.budget:
             raise ConfigError(f"user-epsilon-budget {settings.budget:g} is below one round's user-level epsilon "
                               f"{first:.4g} (noise multiplier {settings.noise_multiplier:.4g}, q "
