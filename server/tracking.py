@@ -26,14 +26,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from dpfl.privacy.rundata import LEDGER_DIR, natural_key, read_metrics, run_config_values
+from dpfl.privacy.rundata import LEDGER_DIR, SERVER_LEDGER, natural_key, read_metrics, run_config_values
 
 log = logging.getLogger("dpfl.server")
 
 CSV_FILE, TENSORBOARD_DIR = "metrics.csv", "tensorboard"
 CSV_HEAD = ("round", "accuracy", "loss", "epsilon_max", "delta", "participants", "seconds")
 # What a user's tracker may see: outputs the (epsilon, delta) statement covers, or public accounting.
-TRACKED_KEYS = ("round", "accuracy", "loss", "epsilon_max", "epsilon", "delta", "sigma", "participants")
+TRACKED_KEYS = ("round", "accuracy", "loss", "epsilon_max", "epsilon", "delta", "sigma", "participants",
+                "user_epsilon", "user_delta", "expected_cohort")  # user_*: privacy-unit = client (no cohort size)
+SIGMA_MECHANISMS = ("dp-sgd", "gaussian", "gaussian-fixed-cohort")  # a client's DP-SGD, the server's user level
 _LEDGER_TAIL_BYTES = 1 << 16  # a ledger line is ~400 bytes: the last 64 KiB hold this round's entry
 
 
@@ -92,8 +94,9 @@ def _number(value: Any) -> float | None:
 
 
 def round_sigmas(row: Mapping[str, Any], ledger_dir: Path) -> dict[str, float]:
-    """{client: σ} of the DP-SGD releases charged in this row's round: ``row["sigma"]`` when the row has it,
-    else the last entries of the server's ledgers (``ledgers/<client>.jsonl``); {} when none is known."""
+    """{client: σ} of the DP-SGD releases charged in this row's round (and ``server``: the user-level release):
+    ``row["sigma"]`` when the row has it, else the last entries of the server's ledgers (``ledgers/*.jsonl``);
+    {} when none is known."""
     given = row.get("sigma")
     if isinstance(given, Mapping):
         return {str(c): s for c, s in ((c, _number(v)) for c, v in given.items()) if s is not None}
@@ -127,7 +130,7 @@ def _ledger_sigma(file: Path, server_round: int) -> float | None:
             continue
         if int(entry["round"]) < server_round:
             break
-        if int(entry["round"]) == server_round and entry.get("mechanism", "dp-sgd") == "dp-sgd":
+        if int(entry["round"]) == server_round and entry.get("mechanism", "dp-sgd") in SIGMA_MECHANISMS:
             sigma = _number(entry.get("noise_multiplier"))
             if sigma is not None:
                 sigmas.append(sigma)
@@ -196,10 +199,13 @@ class TensorBoardWriter:
             "accuracy": _number(row.get("accuracy")), "loss": _number(row.get("loss")),
             "epsilon/max": _number(row.get("epsilon_max")), "participants": _number(row.get("participants")),
             "seconds": _number(row.get("seconds")),
-            "sigma/min": min(sigma.values()) if sigma else None,
+            "epsilon/user-level": _number(row.get("user_epsilon")), "clip-norm": _number(row.get("clip_norm")),
+            "sigma/user-level": sigma.get(SERVER_LEDGER),  # ledgers/server.jsonl: the server's own release
         }
+        clients = {c: v for c, v in sigma.items() if c != SERVER_LEDGER}
+        scalars["sigma/min"] = min(clients.values()) if clients else None
         scalars.update({f"epsilon/{c}": _number(e) for c, e in dict(row.get("epsilon") or {}).items()})
-        scalars.update({f"sigma/{c}": s for c, s in sigma.items()})
+        scalars.update({f"sigma/{c}": v for c, v in clients.items()})
         for tag, value in scalars.items():
             if value is not None:
                 self.writer.add_scalar(tag, value, step)

@@ -264,3 +264,16 @@ def test_fixed_size_cohorts_are_exact_and_accounted_under_replace_one_with_rdp(t
     assert report["accounting_ok"] and report["user_level"]["neighbouring"] == "replace-one"
     bad = _simulate(tmp_path / "bad", "--client-sampling", "fixed", "--fraction-train", "0.33")
     assert bad.returncode == 2 and "whole cohort" in bad.stderr
+
+
+def test_tensorboard_shows_the_user_level_epsilon_and_no_cohort(user_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(user_run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"epsilon/user-level", "sigma/user-level", "clip-norm", "accuracy"} <= tags
+    assert "participants" not in tags  # the cohort's size is not published
+    ledger = [json.loads(line) for line in (user_run / "ledgers" / "server.jsonl").read_text().splitlines()]
+    values = [e.value for e in events.Scalars("epsilon/user-level")]
+    assert values == pytest.approx([r["epsilon"] for r in ledger], rel=1e-6)
