@@ -9,6 +9,7 @@ reads the dataset once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -185,9 +186,14 @@ def server_setup(context: Context, hooks: ServerHooks) -> ServerSetup:
 
 
 def finish_run(result: FederationResult, rundir: RunDirectory, wall: float) -> None:
-    """End of every run, whatever the engine: write the privacy report into the run directory."""
+    """End of every run, whatever the engine: the model card (model.json) and the privacy report."""
     from dpfl.privacy.report import write_report  # matplotlib is heavy: only load it at the end
+    from dpfl.simulations.model_card import write_card
 
+    try:
+        write_card(rundir.path)
+    except Exception as exc:  # noqa: BLE001 - the card is a convenience: the run, its ledgers and report stand
+        logging.getLogger("dpfl.server").warning("model.json was not written: %s: %s", type(exc).__name__, exc)
     write_report(rundir.path)
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from dpfl.simulations.cli import calculator as calculator_cli
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import enrol as enrol_cli
+from dpfl.simulations.cli import predict as predict_cli
 from dpfl.simulations.cli import resume as resume_cli
 from dpfl.simulations.cli import runs as runs_cli
 from dpfl.simulations.cli import sweep as sweep_cli
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cli.register(sub)  # launch, server, client, certs
     enrol_cli.register(sub)  # keys, app-hash
     resume_cli.register(sub)  # resume
+    predict_cli.register(sub)  # predict
     runs_cli.register(sub)  # runs list, runs compare
     sweep_cli.register(sub)  # sweep
     return parser

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,16 +139,44 @@ def _fashion_mnist(directory: Path) -> Dataset:
                    images(arrays["test_x"]), labels(arrays["test_y"]), (1, 28, 28), 10)
 
 
-@lru_cache(maxsize=1)
-def _digits() -> Dataset:
+def raw_preprocessing(name: str) -> dict[str, Any] | None:
+    """How a built-in dataset's raw inputs become the model's: x_model = (x * scale - mean) / std, reshaped to
+    ``shape`` (the model card records it, ``dpfl predict`` applies it to raw inputs); None for other sources."""
+    if name == "fashion-mnist":
+        return {"raw": "uint8 images 28 x 28 (values 0-255), as in the IDX files", "scale": 1 / 255.0,
+                "mean": FASHION_MNIST_MEAN, "std": FASHION_MNIST_STD, "shape": [1, 28, 28]}
+    if name == "digits":
+        mean, std = _digits_stats()
+        return {"raw": "scikit-learn digits: 64 values 0-16 per image (8 x 8)", "scale": 1 / 16.0, "mean": mean,
+                "std": std, "shape": [1, 8, 8]}
+    if name == "synthetic":
+        from dpfl.simulations.data.synthetic import NUM_FEATURES
+
+        return {"raw": f"{NUM_FEATURES} real features", "scale": 1.0, "mean": 0.0, "std": 1.0,
+                "shape": [NUM_FEATURES]}
+    return None
+
+
+def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = bunch.data.astype(np.float32) / 16.0
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=DIGITS_SPLIT_SEED)
-    mean, std = float(x_tr.mean()), float(x_tr.std())  # one scalar: some pixels are constant
+    return train_test_split(x, y, test_size=0.2, stratify=y, random_state=DIGITS_SPLIT_SEED)
+
+
+@lru_cache(maxsize=1)
+def _digits_stats() -> tuple[float, float]:
+    x_tr = _digits_split()[0]
+    return float(x_tr.mean()), float(x_tr.std())  # one scalar: some pixels are constant
+
+
+@lru_cache(maxsize=1)
+def _digits() -> Dataset:
+    x_tr, x_te, y_tr, y_te = _digits_split()
+    mean, std = _digits_stats()
 
     def images(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((a - mean) / std).astype(np.float32)).reshape(-1, 1, 8, 8)
