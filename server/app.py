@@ -136,7 +136,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         "final_loss": result.final_loss, "epsilon_max": result.epsilon_max, "delta": delta,
         "accountant": policy.accountant, "neighbouring": settings.neighbouring,
         "epsilon_per_client": result.epsilons,
-        "clients": roster.state()["clients"], "wall_seconds": wall,
+        "clients": _published_clients(roster, user_level is not None), "wall_seconds": wall,
         "not_private": policy.not_private,
         **({"privacy": NOT_PRIVATE_STAMP} if policy.not_private else {}),
         "privacy_statement": policy.statement(),
@@ -153,6 +153,15 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
     if s.on_finish is not None:
         s.on_finish(result, rundir, wall)
     return result
+
+
+def _published_clients(roster: Roster, user_level: bool) -> dict:
+    """summary.json's clients: under user-level DP without the per-round events (a drop names a cohort member)."""
+    clients = roster.state()["clients"]
+    if user_level:
+        for state in clients.values():
+            state["events"] = [e for e in state["events"] if int(e.get("round", 0)) <= 0]  # before round 1 only
+    return clients
 
 
 def _user_level_resolved(settings: UserLevelSettings | None) -> dict[str, float]:

@@ -176,6 +176,9 @@ def test_the_cohort_is_not_published(user_run: Path) -> None:
         row = json.loads(line)
         assert row["participants"] is None and row["expected_cohort"] == 10 and row["events"] == []
         assert row["user_epsilon"] > 0
+    summary = json.loads((user_run / "summary.json").read_text())
+    assert all(e["round"] <= 0 for c in summary["clients"].values() for e in c["events"])
+    assert len({c["participations"] for c in summary["clients"].values()}) == 1  # every client charged alike
     report = (user_run / "report" / "report.md").read_text()
     assert "user-level" in report.lower() and "expected cohort" in report.lower()
     assert json.loads((user_run / "report" / "report.json").read_text())["accounting_ok"]
