@@ -146,8 +146,11 @@ class FixedCohortGaussianRelease(_SampledGaussian):
         return (self.mechanism, self.noise_multiplier, self.sample_rate, self.steps, self.population)  # type: ignore[return-value]
 
     def to_dp_event(self) -> dp_accounting.DpEvent:
+        """``noise_multiplier`` is noise std / C, as everywhere in dpfl. dp-accounting's sampled-without-
+        replacement Gaussian (Wang, Balle & Kasiviswanathan 2019) wants std / the l2-sensitivity under
+        replace-one, and replacing one client moves the sum of updates clipped to C by up to 2C: hence / 2."""
         sampled = dp_accounting.SampledWithoutReplacementDpEvent(
-            self.population, self.cohort, dp_accounting.GaussianDpEvent(self.noise_multiplier))
+            self.population, self.cohort, dp_accounting.GaussianDpEvent(self.noise_multiplier / 2.0))
         return dp_accounting.SelfComposedDpEvent(sampled, self.steps)
 
     def to_dict(self) -> dict[str, Any]:

@@ -245,7 +245,9 @@ def test_with_both_units_the_record_level_ledgers_do_not_show_the_cohort(tmp_pat
 
 def test_fixed_size_cohorts_are_exact_and_accounted_under_replace_one_with_rdp(tmp_path: Path) -> None:
     """client-sampling = fixed: exactly q N clients each round (never published), booked as a sampled-without-
-    replacement Gaussian under replace-one; every line's epsilon equals dp-accounting's RDP of the file alone."""
+    replacement Gaussian under replace-one (sensitivity 2C: dp-accounting gets std / 2C); every line's epsilon
+    equals dp-accounting's RDP of the file alone, and sits near the Poisson run's replace-one PLD of twice the
+    sensitivity, not at its add/remove epsilon."""
     mech = UserLevelMechanism(_settings(population=200, sample_rate=0.25, sampling="fixed"), None, rng=_fixed_rng(4))
     cohorts = [mech.sample(list(range(200))) for _ in range(50)]
     assert {len(c) for c in cohorts} == {50} and len({tuple(c) for c in cohorts}) == 50
@@ -260,7 +262,7 @@ def test_fixed_size_cohorts_are_exact_and_accounted_under_replace_one_with_rdp(t
     for row in rows:
         acc.compose(dp_accounting.SampledWithoutReplacementDpEvent(
             row["population"], round(row["sample_rate"] * row["population"]),
-            dp_accounting.GaussianDpEvent(row["noise_multiplier"])))
+            dp_accounting.GaussianDpEvent(row["noise_multiplier"] / 2)))  # replace-one moves the clipped sum by 2C
         assert row["epsilon"] == pytest.approx(acc.get_epsilon(row["delta"]), rel=1e-6)
     assert rows[-1]["epsilon"] <= 4.0
     report = json.loads((tmp_path / "u" / "report" / "report.json").read_text())
@@ -280,3 +282,18 @@ def test_tensorboard_shows_the_user_level_epsilon_and_no_cohort(user_run: Path) 
     ledger = [json.loads(line) for line in (user_run / "ledgers" / "server.jsonl").read_text().splitlines()]
     values = [e.value for e in events.Scalars("epsilon/user-level")]
     assert values == pytest.approx([r["epsilon"] for r in ledger], rel=1e-6)
+
+
+def test_a_whole_population_cohort_is_the_gaussian_of_a_replaced_client() -> None:
+    """q = 1: every client every round, no sampling left; replacing one client moves the clipped sum by up to 2C,
+    so the epsilon is the Gaussian's at sensitivity 2 (noise multiplier z / 2), above the add/remove one's."""
+    from dpfl.privacy import FixedCohortGaussianRelease
+    from dpfl.server.user_level import RDP_ORDERS, fixed_cohort_epsilon
+
+    z = 3.0
+    fixed = fixed_cohort_epsilon([FixedCohortGaussianRelease(z, 1.0, steps=10, population=50)], 1e-5)
+    replaced = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS)).compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z / 2), 10)).get_epsilon(1e-5)
+    removed = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS)).compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), 10)).get_epsilon(1e-5)
+    assert fixed == pytest.approx(replaced, rel=1e-9) and fixed > 1.8 * removed

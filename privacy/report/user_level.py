@@ -39,13 +39,13 @@ RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128,
 
 
 def _event(e: dict[str, Any]) -> dp_accounting.DpEvent:
-    gaussian = dp_accounting.GaussianDpEvent(float(e["noise_multiplier"]))
-    if e.get("mechanism") == FIXED:
+    sigma = float(e["noise_multiplier"])  # noise std / C
+    if e.get("mechanism") == FIXED:  # replace-one: one client moves the clipped sum by up to 2C
         population = int(e["population"])
         sampled: dp_accounting.DpEvent = dp_accounting.SampledWithoutReplacementDpEvent(
-            population, round(float(e["sample_rate"]) * population), gaussian)
+            population, round(float(e["sample_rate"]) * population), dp_accounting.GaussianDpEvent(sigma / 2))
     else:
-        sampled = dp_accounting.PoissonSampledDpEvent(float(e["sample_rate"]), gaussian)
+        sampled = dp_accounting.PoissonSampledDpEvent(float(e["sample_rate"]), dp_accounting.GaussianDpEvent(sigma))
     return dp_accounting.SelfComposedDpEvent(sampled, int(e["steps"]))
 
 
@@ -144,5 +144,6 @@ def _python_fixed(rows: list[dict[str, Any]], delta: float | None) -> str:
             "    e = json.loads(line)\n"
             "    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.SampledWithoutReplacementDpEvent(\n"
             "        e['population'], round(e['sample_rate'] * e['population']),\n"
-            "        dp_accounting.GaussianDpEvent(e['noise_multiplier'])), e['steps']))\n"
+            "        dp_accounting.GaussianDpEvent(e['noise_multiplier'] / 2)), e['steps']))"
+            "  # replace-one: sensitivity 2C\n"
             f"print(acc.get_epsilon({delta!r}))  # {rows[-1]['epsilon']:.6g} in the ledger\n")
