@@ -14,12 +14,16 @@ from dpfl.privacy.accountants import (
     epsilon,
     get_accountant,
 )
-from dpfl.privacy.releases import DpSgdRelease, validate_release_params
+from dpfl.privacy.releases import DpSgdRelease, FixedCohortGaussianRelease, validate_release_params
 
-__all__ = ["MAX_SIGMA", "MIN_SIGMA", "calibrate_noise", "steps_per_round"]
+__all__ = ["FIXED_COHORT_RDP_ORDERS", "MAX_SIGMA", "MIN_SIGMA", "calibrate_fixed_cohort", "calibrate_noise",
+           "fixed_cohort_epsilon", "steps_per_round"]
 
 MAX_SIGMA = 1e4
 MIN_SIGMA = 0.1  # below this a release is close to non-private; a target that loose is met by it
+# RDP orders for fixed-size cohorts (dp-accounting's sampled-without-replacement Gaussian is exact at integer
+# orders and costs O(order) each, so the grid stops at 512)
+FIXED_COHORT_RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512])
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -122,3 +126,26 @@ def _bisect(eps: Callable[[float], float], target: float, guess: float, toleranc
         else:
             hi = mid
     return hi
+
+
+def fixed_cohort_epsilon(releases: list[FixedCohortGaussianRelease], delta: float) -> float:
+    """Epsilon of fixed-size cohorts (sampling without replacement) under replace-one, by dp-accounting's RDP
+    accountant: the only dp-accounting accountant with an event for it."""
+    import dp_accounting
+
+    accountant = dp_accounting.rdp.RdpAccountant(
+        FIXED_COHORT_RDP_ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for release in releases:
+        accountant.compose(release.to_dp_event())
+    return float(accountant.get_epsilon(delta))
+
+
+def calibrate_fixed_cohort(target: float, delta: float, q: float, rounds: int, population: int,
+                           tolerance: float = 0.005) -> float:
+    """The smallest noise multiplier (to ``tolerance``) whose ``rounds`` fixed-cohort releases end at epsilon <=
+    target; ValueError when even MAX_SIGMA is not enough."""
+    def eps(z: float) -> float:
+        release = FixedCohortGaussianRelease(noise_multiplier=z, sample_rate=q, steps=rounds, population=population)
+        return fixed_cohort_epsilon([release], delta)
+
+    return _bisect(eps, float(target), 1.0, tolerance)

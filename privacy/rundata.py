@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from dpfl.privacy.ledger import Ledger, LedgerError
+from dpfl.privacy.wire import RESERVED_CLIENT_ID
 
 CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LEDGER_DIR = "config.json", "summary.json", "metrics.jsonl", "ledgers"
-SERVER_LEDGER = "server"  # ledgers/server.jsonl: user-level releases; no client may be named so (wire)
+SERVER_LEDGER = RESERVED_CLIENT_ID  # ledgers/server.jsonl: user-level releases; no client may be named so
 CLIENT_LEDGER_INDEX, CLIENT_STATE_DIR = "client-ledgers.json", "client-state"
 _LEDGER_ERRORS = (LedgerError, ValueError, KeyError, OSError, UnicodeDecodeError)
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dp_accounting
 import numpy as np
 import torch
 
@@ -44,7 +43,7 @@ from dpfl.privacy import (
     epsilon,
     release_from_dict,
 )
-from dpfl.privacy.calibration import MAX_SIGMA
+from dpfl.privacy.calibration import calibrate_fixed_cohort, fixed_cohort_epsilon
 from dpfl.privacy.policy import auto_delta
 from dpfl.privacy.rundata import SERVER_LEDGER
 from dpfl.privacy.secure_random import SecureRandom
@@ -52,9 +51,6 @@ from dpfl.privacy.secure_random import SecureRandom
 log = logging.getLogger("dpfl.server")
 
 PRIVACY_UNITS = ("record", "client")
-
-
-RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512])
 
 
 class UserLevelError(ValueError):
@@ -133,33 +129,6 @@ def user_level_settings(cfg: Mapping[str, Any]) -> UserLevelSettings:
         count_stddev=count_std, sampling=sampling)
     settings.update_noise_multiplier  # noqa: B018 - raises UserLevelError now, not in round 1
     return settings
-
-
-def fixed_cohort_epsilon(releases: list[Any], delta: float) -> float:
-    """Epsilon of fixed-size cohorts (sampling without replacement) under replace-one, by dp-accounting's RDP
-    accountant: the only dp-accounting accountant with an event for it."""
-    accountant = dp_accounting.rdp.RdpAccountant(
-        RDP_ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    for release in releases:
-        accountant.compose(release.to_dp_event())
-    return float(accountant.get_epsilon(delta))
-
-
-def calibrate_fixed_cohort(target: float, delta: float, q: float, rounds: int, population: int) -> float:
-    """The smallest noise multiplier (to 0.5 %) whose fixed-cohort schedule ends at epsilon <= target."""
-    def eps(z: float) -> float:
-        release = FixedCohortGaussianRelease(noise_multiplier=z, sample_rate=q, steps=rounds, population=population)
-        return fixed_cohort_epsilon([release], delta)
-
-    lo, hi = 0.1, 1.0
-    while eps(hi) > target:
-        lo, hi = hi, hi * 2
-        if hi > MAX_SIGMA:
-            raise ValueError(f"the noise multiplier would have to exceed {MAX_SIGMA:g}")
-    while hi / lo > 1.005:
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if eps(mid) > target else (lo, mid)
-    return hi
 
 
 def noise_source(deterministic: bool, seed: int) -> SecureRandom:

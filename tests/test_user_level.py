@@ -288,7 +288,8 @@ def test_a_whole_population_cohort_is_the_gaussian_of_a_replaced_client() -> Non
     """q = 1: every client every round, no sampling left; replacing one client moves the clipped sum by up to 2C,
     so the epsilon is the Gaussian's at sensitivity 2 (noise multiplier z / 2), above the add/remove one's."""
     from dpfl.privacy import FixedCohortGaussianRelease
-    from dpfl.server.user_level import RDP_ORDERS, fixed_cohort_epsilon
+    from dpfl.privacy.calibration import FIXED_COHORT_RDP_ORDERS as RDP_ORDERS
+    from dpfl.privacy.calibration import fixed_cohort_epsilon
 
     z = 3.0
     fixed = fixed_cohort_epsilon([FixedCohortGaussianRelease(z, 1.0, steps=10, population=50)], 1e-5)

@@ -13,6 +13,7 @@ from typing import Any
 
 import dp_accounting
 
+from dpfl.privacy.calibration import FIXED_COHORT_RDP_ORDERS
 from dpfl.privacy.report.jsonsafe import finite
 from dpfl.privacy.rundata import RunData
 
@@ -35,7 +36,6 @@ TRUST = (
 
 
 FIXED = "gaussian-fixed-cohort"  # privacy.releases.FixedCohortGaussianRelease.MECHANISM
-RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
 
 
 def _event(e: dict[str, Any]) -> dp_accounting.DpEvent:
@@ -53,8 +53,9 @@ def _independent_epsilons(entries: list[dict[str, Any]], delta: float) -> list[f
     """Cumulative epsilon after every entry from dp-accounting alone: PLD for Poisson cohorts (add/remove),
     RDP under replace-one for fixed-size cohorts (PLD has no event for sampling without replacement)."""
     fixed = any(e.get("mechanism") == FIXED for e in entries)
-    accountant: Any = (dp_accounting.rdp.RdpAccountant(RDP_ORDERS, dp_accounting.NeighboringRelation.REPLACE_ONE)
-                       if fixed else dp_accounting.pld.PLDAccountant(value_discretization_interval=PLD_INTERVAL))
+    replace_one = dp_accounting.NeighboringRelation.REPLACE_ONE
+    accountant: Any = (dp_accounting.rdp.RdpAccountant(FIXED_COHORT_RDP_ORDERS, replace_one) if fixed
+                       else dp_accounting.pld.PLDAccountant(value_discretization_interval=PLD_INTERVAL))
     out: list[float] = []
     for e in entries:
         accountant.compose(_event(e))
@@ -116,34 +117,29 @@ def build_user_level(run: RunData) -> dict[str, Any] | None:
                   "ok": not failures, "details": failures},
         "sampling": "fixed" if first.get("mechanism") == FIXED else "poisson",
         "neighbouring": first.get("neighbouring", "add-remove"),
-        "python": _python(rows, delta) if first.get("mechanism") != FIXED else _python_fixed(rows, delta),
+        "python": _python(rows, delta, fixed=first.get("mechanism") == FIXED),
     }
 
 
-def _python(rows: list[dict[str, Any]], delta: float | None) -> str:
-    """dp-accounting alone, reading the ledger file: what a privacy officer runs to check the number."""
-    if not rows or delta is None:
-        return ""
-    return ("import json, dp_accounting\n"
-            "acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)\n"
-            "for line in open('ledgers/server.jsonl'):\n"
-            "    e = json.loads(line)\n"
+ACCOUNTANT_LINES = {  # the snippet's accountant and event, per cohort kind
+    False: ("acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)\n",
             "    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(\n"
-            "        e['sample_rate'], dp_accounting.GaussianDpEvent(e['noise_multiplier'])), e['steps']))\n"
-            f"print(acc.get_epsilon({delta!r}))  # {rows[-1]['epsilon']:.6g} in the ledger\n")
+            "        e['sample_rate'], dp_accounting.GaussianDpEvent(e['noise_multiplier'])), e['steps']))\n"),
+    True: ("orders = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]\n"
+           "acc = dp_accounting.rdp.RdpAccountant(orders, dp_accounting.NeighboringRelation.REPLACE_ONE)\n",
+           "    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.SampledWithoutReplacementDpEvent(\n"
+           "        e['population'], round(e['sample_rate'] * e['population']),\n"
+           "        dp_accounting.GaussianDpEvent(e['noise_multiplier'] / 2)), e['steps']))"
+           "  # replace-one: sensitivity 2C\n"),
+}
 
 
-def _python_fixed(rows: list[dict[str, Any]], delta: float | None) -> str:
-    """The fixed-cohort variant: RDP under replace-one with sampling without replacement."""
+def _python(rows: list[dict[str, Any]], delta: float | None, *, fixed: bool) -> str:
+    """dp-accounting alone, reading the ledger file: what a privacy officer runs to check the number (PLD for
+    Poisson cohorts; RDP under replace-one for fixed cohorts, whose noise multiplier is relative to 2C)."""
     if not rows or delta is None:
         return ""
-    return ("import json, dp_accounting\n"
-            "orders = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]\n"
-            "acc = dp_accounting.rdp.RdpAccountant(orders, dp_accounting.NeighboringRelation.REPLACE_ONE)\n"
-            "for line in open('ledgers/server.jsonl'):\n"
-            "    e = json.loads(line)\n"
-            "    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.SampledWithoutReplacementDpEvent(\n"
-            "        e['population'], round(e['sample_rate'] * e['population']),\n"
-            "        dp_accounting.GaussianDpEvent(e['noise_multiplier'] / 2)), e['steps']))"
-            "  # replace-one: sensitivity 2C\n"
-            f"print(acc.get_epsilon({delta!r}))  # {rows[-1]['epsilon']:.6g} in the ledger\n")
+    accountant, compose = ACCOUNTANT_LINES[fixed]
+    return ("import json, dp_accounting\n" + accountant
+            + "for line in open('ledgers/server.jsonl'):\n    e = json.loads(line)\n" + compose
+            + f"print(acc.get_epsilon({delta!r}))  # {rows[-1]['epsilon']:.6g} in the ledger\n")
