@@ -24,6 +24,7 @@ from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
 from dpfl.client.bookkeeping import BookKeepingClipper
+from dpfl.client.canaries import CanaryError, DiracCanaries, add_sampled_canaries
 from dpfl.client.dp_modes import resolve_auto
 from dpfl.client.randomness import RandomSource, dp_optimizer, uniform
 from dpfl.privacy import steps_per_round
@@ -67,7 +68,8 @@ def poisson_batch(n: int, sample_rate: float, generator: RandomSource) -> torch.
 
 def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
                   sampling_generator: RandomSource, noise_generator: RandomSource,
-                  device: torch.device, declared_records: int | None = None) -> TrainOutcome:
+                  device: torch.device, declared_records: int | None = None,
+                  canaries: DiracCanaries | None = None) -> TrainOutcome:
     """Run one round of local training in place on ``model`` (which must be a fresh module).
 
     The schedule (q, steps) comes from ``privacy.steps_per_round`` - the same function the
@@ -75,9 +77,18 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
     ``declared_records`` (the client's public N) when given, else from the true record count; the
     expected batch size that divides the noised sum is q times that same count. The two sources are
     what ``client.randomness.dp_generators`` returns (a SecureRandom each, or seeded torch generators).
+    ``canaries`` (an audit, client.canaries): gradient canaries drawn with the records, index n onward.
     """
     settings = resolve_auto(settings, model)
     n = int(y.shape[0])
+    if canaries is not None and len(canaries):
+        if not settings.dp or settings.grad_sample_mode != "bk":
+            raise CanaryError("gradient canaries need DP training in grad-sample-mode 'bk' (got "
+                              f"dp={settings.dp}, mode {settings.grad_sample_mode!r})")
+        canaries.check(model)
+    else:
+        canaries = None
+    population = n + (len(canaries) if canaries is not None else 0)
     schedule_records = n if declared_records is None else int(declared_records)
     sample_rate, steps = steps_per_round(schedule_records, settings.batch_size, settings.local_epochs)
     model.to(device)
@@ -116,13 +127,17 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
     warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     try:
         for _ in range(steps):
-            idx = poisson_batch(n, sample_rate, sampling_generator)
+            idx = poisson_batch(population, sample_rate, sampling_generator)
+            sampled_canaries = idx[idx >= n] - n
+            idx = idx[idx < n]
             xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             if yb.numel() == 0 and not settings.dp:
                 continue  # nothing to learn from, and no noise to add without DP
             if clipper is not None:  # p.grad = clipped sum; the optimizer adds noise and divides by q * n
                 loss = clipper.clipped_backward(module(xb), yb) / max(int(yb.numel()), 1)
+                if canaries is not None:
+                    add_sampled_canaries(module, canaries, sampled_canaries, settings.max_grad_norm)
             else:
                 loss = loss_fn(module(xb), yb)
                 loss.backward()
