@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from dpfl.client.canaries import DiracCanaries
 from dpfl.client.ledger_store import LedgerConflictError, ledger_path, load_ledger, remember
 from dpfl.client.randomness import dp_generators, pick_device
 from dpfl.client.resend import StoredUpdate, load_update, model_digest, store_update, update_path
@@ -59,6 +60,7 @@ class ClientSetup:
     num_classes: int
     declared_records: int  # the public N: sampling rate, steps and FedAvg weight come from it
     owner_policy: OwnerPolicy | None = None  # the data owner's own limits, from the node's own config
+    canaries: DiracCanaries | None = None  # a privacy audit's gradient canaries included here (client/canaries.py)
 
 
 SetupFn = Callable[[Context], ClientSetup]
@@ -192,7 +194,7 @@ def build_client_app(setup: SetupFn) -> ClientApp:
         sigma = release.noise_multiplier if release is not None else 0.0
         outcome = train_locally(model, s.train_x, s.train_y, cfg.train_settings(sigma),
                                 declared_records=s.declared_records, sampling_generator=sampling_gen,
-                                noise_generator=noise_gen, device=device)
+                                noise_generator=noise_gen, device=device, canaries=s.canaries)
 
         eps = 0.0
         if release is not None:  # the ledger may hold earlier runs on these records: epsilon composes over all

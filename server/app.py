@@ -18,6 +18,7 @@ from dpfl.models.evaluation import evaluate_model
 from dpfl.privacy import PolicyError
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 from dpfl.privacy.rundata import CONFIG_FILE, RUN_DIRECTORY_KEYS, SERVER_LEDGER, SUMMARY_FILE, read_config
+from dpfl.server.audit_observer import ReleaseObserver
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.environment import describe_environment
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
@@ -53,6 +54,10 @@ class ServerSetup:
     declared_total: int | None = None  # sum of clients' declared records, when known up front
     reporter: Reporter = field(default_factory=LogReporter)
     on_finish: Callable[[FederationResult, RunDirectory, float], None] | None = None
+    observer: ReleaseObserver | None = None  # a privacy audit's white-box view (server/audit_observer.py)
+
+
+AUDIT_OBSERVATIONS = "audit/observations.npz"
 
 
 def serve(grid: Grid, s: ServerSetup) -> FederationResult:
@@ -73,6 +78,9 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
             raise ServerConfigError(str(exc)) from None
     rundir = RunDirectory(s.run_path).create()
     resuming = bool(settings.run_config.get("resume"))
+    if resuming and s.observer is not None:
+        raise ServerConfigError("an audit run cannot be resumed (its observations are not checkpointed): run "
+                                "`dpfl audit` again under a new --run-name")
     if resuming:  # config.json stays the interrupted run's own: the resumed run must be the same run
         stored = read_config(rundir.path)
         if stored is None:
@@ -102,7 +110,8 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                             steps=[ServerOptimizer(settings.server_learning_rate, settings.server_momentum)],
                             ema=ParameterEma(settings.ema_decay)),
                         seed=settings.seed, aggregation_weights=settings.aggregation_weights,
-                        update_bound=UpdateBound.from_run_config(settings.run_config), user_level=user_level)
+                        update_bound=UpdateBound.from_run_config(settings.run_config), user_level=user_level,
+                        observer=s.observer)
     eval_model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
@@ -129,6 +138,8 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                             rundir=rundir, initial_arrays=initial, delta=delta, reporter=s.reporter,
                             start_round=start_round)
     rundir.save_model(result.arrays.to_torch_state_dict())
+    if s.observer is not None:
+        s.observer.write(rundir.path / AUDIT_OBSERVATIONS)
     wall = time.perf_counter() - t_start
     rundir.write_json(SUMMARY_FILE, {
         "rounds_completed": result.rounds_completed, "num_server_rounds": settings.num_rounds,

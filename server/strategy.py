@@ -32,6 +32,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from dpfl.privacy import wire
 from dpfl.server import reply_checks
+from dpfl.server.audit_observer import ReleaseObserver
 from dpfl.server.averaging import PostProcessing
 from dpfl.server.reply_checks import Rejected, SentModel, UpdateBound, clip_text
 from dpfl.server.roster import Roster
@@ -46,7 +47,7 @@ class DpFedAvg(FedAvg):
     def __init__(self, *, roster: Roster, num_clients: int, fraction_train: float, min_train_clients: int,
                  fraction_evaluate: float, post_processing: PostProcessing, seed: int,
                  aggregation_weights: str | None = None, update_bound: UpdateBound | None = None,
-                 user_level: UserLevelMechanism | None = None) -> None:
+                 user_level: UserLevelMechanism | None = None, observer: ReleaseObserver | None = None) -> None:
         """``aggregation_weights``: the run's aggregation-weights ("declared" | "uniform"). None (the composition
         root did not say): a reply's num-examples must be one of the two values the server knows for that
         client (its declared records, or 1), and that one is used: a client can lower its own weight, never
@@ -54,7 +55,8 @@ class DpFedAvg(FedAvg):
         settings (``UpdateBound.from_run_config``); None: the fallback bound of server/reply_checks.py.
         ``user_level``: privacy-unit = client (server/user_level.py): Poisson cohorts, updates within the clip
         norm, the noised sum over the expected cohort; rounds run whoever replies (an empty cohort releases
-        noise only), and weights are not used."""
+        noise only), and weights are not used. ``observer``: an audit's white-box view of every release
+        (server/audit_observer.py)."""
         super().__init__(fraction_train=fraction_train, fraction_evaluate=max(fraction_evaluate, 1e-9),
                          min_train_nodes=min_train_clients, min_evaluate_nodes=0 if fraction_evaluate == 0 else 1,
                          min_available_nodes=min_train_clients, weighted_by_key=wire.NUM_EXAMPLES,
@@ -69,6 +71,7 @@ class DpFedAvg(FedAvg):
         self.aggregation_weights = aggregation_weights
         self.update_bound = update_bound or UpdateBound()
         self.user_level = user_level
+        self.observer = observer
         self._within_clip: dict[int, bool] = {}
         self.stop_reason = ""
         self._sent_arrays: ArrayRecord | None = None
@@ -172,6 +175,7 @@ class DpFedAvg(FedAvg):
             if self.user_level is not None:
                 averaged = self._user_level_mean(server_round, good)
             else:
+                self._observe_clients(server_round, good)
                 averaged = reply_checks.weighted_mean(self._sent_model, [(w, a) for _, w, a in good])
             arrays = self.post_processing.next_model(self._sent_arrays, averaged)
         except Exception as exc:  # noqa: BLE001 - the model stays the previous one; the charges stand
@@ -182,6 +186,12 @@ class DpFedAvg(FedAvg):
             return None, None
         metrics = MetricRecord({"participants": len(good), "epsilon-max": self.roster.epsilon_max()})
         return arrays, metrics
+
+    def _observe_clients(self, server_round: int, good: list[tuple[int, float, list[np.ndarray]]]) -> None:
+        if self.observer is not None and self._sent_model is not None:
+            for node, _, arrays in good:
+                self.observer.observe(server_round, self.roster.node_to_client[node], self._sent_model.keys,
+                                      self._sent_model.arrays, arrays)
 
     def _user_level_mean(self, server_round: int, good: list[tuple[int, float, list[np.ndarray]]]) -> ArrayRecord:
         """Book the round's user-level release, then the sent model plus the noised mean update."""
@@ -202,6 +212,11 @@ class DpFedAvg(FedAvg):
         for j, i in enumerate(floating):
             base = sent.arrays[i]
             out[sent.keys[i]] = Array(np.asarray(base.astype(np.float64) + mean[j]).astype(base.dtype))
+        if self.observer is not None:  # the release is the noised mean (float64), before any post-processing
+            released = list(sent.arrays)
+            for j, i in enumerate(floating):
+                released[i] = sent.arrays[i].astype(np.float64) + mean[j]
+            self.observer.observe(server_round, wire.RESERVED_CLIENT_ID, sent.keys, sent.arrays, released)
         return ArrayRecord(out)
 
     def _judge(self, server_round: int, msg: object, judged: set[int],

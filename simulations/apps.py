@@ -18,16 +18,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import ServerApp
 
 from dpfl.client.app import ClientSetup, build_client_app
+from dpfl.client.canaries import DiracCanaries
 from dpfl.client.settings import ClientSettings
 from dpfl.privacy.owner_policy import OwnerPolicy, OwnerPolicyError, load_owner_policies
 from dpfl.server.app import ServerSetup, build_server_app
+from dpfl.server.audit_observer import ReleaseObserver
 from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
+from dpfl.simulations.audit.plan import AuditPlan, AuditPlanError, read_plan
 from dpfl.simulations.config import ConfigError, RunConfig, resolve
 from dpfl.simulations.data.clients import (
     clients_bring_own_data,
@@ -68,10 +72,37 @@ def _client_setup(cfg: RunConfig, partition_id: int, client_id: str, owner: Owne
     declared = declared_sizes(values)[partition_id]
     if owner is not None and owner.declared_records and cfg["neighbouring"] == "add-remove":
         declared = owner.declared_records  # the owner's own public N
+    train_x, train_y, canaries = data.train_x, data.train_y, None
+    if cfg["audit-plan"]:  # a privacy audit: this client's included canaries join its records
+        train_x, train_y, canaries = _with_canaries(values, client_id, train_x, train_y)
     return ClientSetup(settings=ClientSettings.from_config(values), client_id=client_id, partition_id=partition_id,
-                       train_x=data.train_x, train_y=data.train_y, val_x=data.val_x, val_y=data.val_y,
+                       train_x=train_x, train_y=train_y, val_x=data.val_x, val_y=data.val_y,
                        input_shape=input_shape, num_classes=num_classes, declared_records=declared,
-                       owner_policy=owner)
+                       owner_policy=owner, canaries=canaries)
+
+
+@lru_cache(maxsize=4)
+def _audit_plan(audit_dir: str, coins: bool) -> AuditPlan:
+    try:
+        return read_plan(Path(audit_dir), coins=coins)
+    except AuditPlanError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _with_canaries(values: dict[str, Any], client_id: str, x: torch.Tensor, y: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, DiracCanaries | None]:
+    """Input canaries: the test records the coins included here, with their wrong labels, appended to the
+    records. Gradient canaries: their coordinates (client.canaries; drawn with the records by the sampler)."""
+    plan = _audit_plan(str(values["audit-plan"]), True)
+    mine = plan.included_for(client_id)
+    if plan.kind == "gradient":
+        return x, y, DiracCanaries(tuple((c.param, c.index) for c in mine))
+    if not mine:
+        return x, y, None
+    test_x, _, _, _ = load_test_set(values)
+    extra_x = test_x[[c.index for c in mine]].to(x.dtype)
+    extra_y = torch.tensor([c.label for c in mine], dtype=y.dtype)
+    return torch.cat([x, extra_x]), torch.cat([y, extra_y]), None
 
 
 def owner_policy_for(node: dict[str, Any], client_id: str) -> OwnerPolicy | None:
@@ -177,7 +208,11 @@ def server_setup(context: Context, hooks: ServerHooks) -> ServerSetup:
     cfg = config_from_context(context)
     values = cfg.as_dict()
     test_x, test_y, input_shape, num_classes = load_test_set(values)
-    return ServerSetup(
+    observer = None
+    if cfg["audit-plan"]:  # the server is the white-box auditor: it sees the releases, never the coins
+        plan = _audit_plan(str(cfg["audit-plan"]), False)
+        observer = ReleaseObserver(plan.coordinates()) if plan.kind == "gradient" else None
+    return ServerSetup(observer=observer,
         settings=ServerSettings.from_config(values), test_x=test_x, test_y=test_y, input_shape=input_shape,
         num_classes=num_classes, run_path=hooks.run_path or default_run_path(cfg),
         declared_total=server_declared_total(values), reporter=hooks.reporter or LogReporter(),

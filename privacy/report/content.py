@@ -15,6 +15,7 @@ from dpfl.privacy.accountants import ACCOUNTANT_REGISTRY, DEFAULT_ACCOUNTANT
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP, effective_budget, is_not_private
 from dpfl.privacy.report import reconcile as rc
 from dpfl.privacy.report.accounting import agrees, expected_from_ledger, group_ledgers, recompute, reproduction
+from dpfl.privacy.report.audit import AuditFileError, audit_summary, read_audit
 from dpfl.privacy.report.jsonsafe import finite
 from dpfl.privacy.report.user_level import build_user_level
 from dpfl.privacy.rundata import RunData, natural_key
@@ -350,6 +351,11 @@ def build_report(run: RunData) -> dict[str, Any]:
     dp = _flag(cfg, "dp") if "dp" in cfg else True
     # Conservative: not private if the summary says so or the config does (either may be missing).
     user_level = build_user_level(run)  # None unless privacy-unit = client
+    try:
+        audit = audit_summary(read_audit(run.path))  # None unless `dpfl audit` made this run
+    except AuditFileError as exc:
+        audit = None
+        run.warnings.append(str(exc))
     not_private = (bool(summary.get("not_private"))
                    or is_not_private(dp or user_level is not None, _flag(cfg, "deterministic-noise"))
                    or bool(rc.stamps_found(run)))
@@ -384,6 +390,7 @@ def build_report(run: RunData) -> dict[str, Any]:
         "banner": _banner(run, not_private),
         "mechanism": _mechanism(run, delta, accountant, not_private, relation),
         "user_level": user_level,
+        "audit": audit,
         "epsilon": eps,
         "federation": fed,
         "clients": clients,

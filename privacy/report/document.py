@@ -13,6 +13,7 @@ from typing import Any
 
 from dpfl.privacy.accountants import ACCOUNTANTS
 from dpfl.privacy.report.accounting import interval_text
+from dpfl.privacy.report.audit import audit_rows, glance_text
 
 Block = tuple[Any, ...]
 DASH = "—"
@@ -144,6 +145,7 @@ def _glance(r: dict[str, Any]) -> Section:
         ("Run", fed["stop_text"]),
         ("Final test accuracy", _accuracy_text(r)),
         ("Accounting re-check", check),
+        *([("Empirical audit", glance_text(r["audit"]))] if r.get("audit") else []),
         ("Software", software_text(r)),
         ("Run directory", f"`{r['run']['directory']}`"),
         ("Report generated", r["generated"]),
@@ -194,6 +196,19 @@ def _user_level(r: dict[str, Any]) -> Section | None:
     if ul["python"]:
         blocks += [("p", "With dp-accounting alone, from the run directory:"), ("code", "python", ul["python"])]
     return Section("7. User-level DP: one client's guarantee", blocks)
+
+
+def _audit(r: dict[str, Any]) -> Section | None:
+    a = r.get("audit")
+    if not a:
+        return None
+    blocks: list[Block] = []
+    if a["violation"]:
+        blocks.append(("banner", "AUDIT: MEASURED ε ABOVE THE ACCOUNTANT'S",
+                       ["The canaries were guessed better than any mechanism with the ledger's ε allows.",
+                        "The code does not do what its ledger says: do not rely on this run's ε."]))
+    blocks += [("p", a["explained"]), ("kv", audit_rows(a)), ("img", "audit", "Canary scores, included vs excluded")]
+    return Section("8. Empirical privacy audit", blocks)
 
 
 def _mechanism(r: dict[str, Any]) -> Section:
@@ -479,5 +494,5 @@ def build_document(report: dict[str, Any]) -> tuple[str, list[Section]]:
     """(title, sections) in reading order."""
     title = f"Privacy report: {report['run']['id']}" + (" (NOT PRIVATE)" if report.get("privacy") else "")
     sections = [_glance(report), _mechanism(report), _epsilon(report), _federation(report),
-                _training(report), _accountants(report), _reproduction(report), _user_level(report)]
+                _training(report), _accountants(report), _reproduction(report), _user_level(report), _audit(report)]
     return title, [sec for sec in sections if sec is not None]

@@ -17,6 +17,7 @@ PLOT_FILES = {
     "epsilon": "epsilon_per_round.png",
     "accuracy": "accuracy_per_round.png",
     "accuracy_vs_epsilon": "accuracy_vs_epsilon.png",
+    "audit": "audit_scores.png",
 }
 DPI = 110
 
@@ -133,11 +134,30 @@ def plot_accuracy_vs_epsilon(report: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_audit(report: dict[str, Any], path: Path) -> Path | None:
+    a = report.get("audit")
+    if not a or not (a["scores_included"] or a["scores_excluded"]):
+        return None
+    fig, ax = _figure()
+    values = [*a["scores_included"], *a["scores_excluded"]]
+    lo, hi = min(values), max(values)
+    bins = [lo + (hi - lo) * k / 40 for k in range(41)] if hi > lo else 10
+    ax.hist(a["scores_excluded"], bins=bins, alpha=0.6, color="tab:blue", label="excluded by their coin")
+    ax.hist(a["scores_included"], bins=bins, alpha=0.6, color="tab:red", label="included by their coin")
+    one = a["one_run"]
+    ax.set_xlabel("canary score (higher: more likely included)")
+    ax.set_ylabel("canaries")
+    ax.set_title(f"Audit: measured ε ≥ {one['epsilon_lower_bound']:.3f} vs accountant's ε ≤ "
+                 f"{a['claimed_epsilon']:.3f} ({one['canaries']} {a['kind']} canaries)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def write_plots(report: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
     """Draw every plot the data allows; returns {plot name: png path}."""
     out: dict[str, Path] = {}
     for name, fn in (("epsilon", plot_epsilon), ("accuracy", plot_accuracy),
-                     ("accuracy_vs_epsilon", plot_accuracy_vs_epsilon)):
+                     ("accuracy_vs_epsilon", plot_accuracy_vs_epsilon), ("audit", plot_audit)):
         path = fn(report, plot_dir / PLOT_FILES[name])
         if path is not None:
             out[name] = path

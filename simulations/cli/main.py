@@ -14,6 +14,7 @@ import sys
 
 from rich.console import Console
 
+from dpfl.simulations.cli import audit as audit_cli
 from dpfl.simulations.cli import calculator as calculator_cli
 from dpfl.simulations.cli import deploy as deploy_cli
 from dpfl.simulations.cli import enrol as enrol_cli
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     enrol_cli.register(sub)  # keys, app-hash
     resume_cli.register(sub)  # resume
     predict_cli.register(sub)  # predict
+    audit_cli.register(sub)  # audit
     runs_cli.register(sub)  # runs list, runs compare
     sweep_cli.register(sub)  # sweep
     return parser
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     from dpfl.simulations.user_code import expose_user_code
 
     expose_user_code()  # `--model mymodels:Net` imports from here, in this process and in every worker
-    if getattr(args, "engine", None) == "inprocess" and args.func is cmd_simulate:
+    if (getattr(args, "engine", None) == "inprocess" and args.func is cmd_simulate) or args.command == "audit":
         from dpfl.simulations.engines import worker_server
 
         worker_server.start()  # imports the workers' modules on the other core while this process imports

@@ -227,6 +227,7 @@ OPTIONS: tuple[Option, ...] = (
            "'baseline,eps3'", check=_tags, allowed="empty, or comma-separated labels of letters, digits, '.', '_' "
                                                   "and '-'"),
     Option("state-dir", "", "directory for durable client ledgers (empty: <run dir>/client-state)"),
+    Option("audit-plan", "", "set by `dpfl audit`: the folder of the audit's canaries and coins (empty: no audit)"),
     Option("resume", False, "continue the run in run-dir/run-name from its last complete round: same config, "
            "its ledgers and checkpoint (`dpfl resume RUN_DIR` sets this and reads the config)"),
     Option("round-timeout", 600.0, "seconds the server waits for replies in one round", check=_positive,
