@@ -20,6 +20,7 @@ from dpfl.privacy.policy import NOT_PRIVATE_STAMP
 from dpfl.privacy.rundata import CONFIG_FILE, RUN_DIRECTORY_KEYS, SERVER_LEDGER, SUMMARY_FILE, read_config
 from dpfl.server.audit_observer import ReleaseObserver
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
+from dpfl.server.canary_clients import CanaryClients
 from dpfl.server.environment import describe_environment
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.inputs import describe_inputs
@@ -55,6 +56,7 @@ class ServerSetup:
     reporter: Reporter = field(default_factory=LogReporter)
     on_finish: Callable[[FederationResult, RunDirectory, float], None] | None = None
     observer: ReleaseObserver | None = None  # a privacy audit's white-box view (server/audit_observer.py)
+    canary_clients: CanaryClients | None = None  # a user-level audit's crafted clients (server/canary_clients.py)
 
 
 AUDIT_OBSERVATIONS = "audit/observations.npz"
@@ -111,7 +113,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                             ema=ParameterEma(settings.ema_decay)),
                         seed=settings.seed, aggregation_weights=settings.aggregation_weights,
                         update_bound=UpdateBound.from_run_config(settings.run_config), user_level=user_level,
-                        observer=s.observer)
+                        observer=s.observer, canary_clients=s.canary_clients)
     eval_model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:

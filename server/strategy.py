@@ -34,6 +34,7 @@ from dpfl.privacy import wire
 from dpfl.server import reply_checks
 from dpfl.server.audit_observer import ReleaseObserver
 from dpfl.server.averaging import PostProcessing
+from dpfl.server.canary_clients import CanaryClients
 from dpfl.server.reply_checks import Rejected, SentModel, UpdateBound, clip_text
 from dpfl.server.roster import Roster
 from dpfl.server.user_level import UserLevelMechanism
@@ -47,7 +48,8 @@ class DpFedAvg(FedAvg):
     def __init__(self, *, roster: Roster, num_clients: int, fraction_train: float, min_train_clients: int,
                  fraction_evaluate: float, post_processing: PostProcessing, seed: int,
                  aggregation_weights: str | None = None, update_bound: UpdateBound | None = None,
-                 user_level: UserLevelMechanism | None = None, observer: ReleaseObserver | None = None) -> None:
+                 user_level: UserLevelMechanism | None = None, observer: ReleaseObserver | None = None,
+                 canary_clients: CanaryClients | None = None) -> None:
         """``aggregation_weights``: the run's aggregation-weights ("declared" | "uniform"). None (the composition
         root did not say): a reply's num-examples must be one of the two values the server knows for that
         client (its declared records, or 1), and that one is used: a client can lower its own weight, never
@@ -56,7 +58,8 @@ class DpFedAvg(FedAvg):
         ``user_level``: privacy-unit = client (server/user_level.py): Poisson cohorts, updates within the clip
         norm, the noised sum over the expected cohort; rounds run whoever replies (an empty cohort releases
         noise only), and weights are not used. ``observer``: an audit's white-box view of every release
-        (server/audit_observer.py)."""
+        (server/audit_observer.py); ``canary_clients``: a user-level audit's crafted clients
+        (server/canary_clients.py)."""
         super().__init__(fraction_train=fraction_train, fraction_evaluate=max(fraction_evaluate, 1e-9),
                          min_train_nodes=min_train_clients, min_evaluate_nodes=0 if fraction_evaluate == 0 else 1,
                          min_available_nodes=min_train_clients, weighted_by_key=wire.NUM_EXAMPLES,
@@ -72,6 +75,7 @@ class DpFedAvg(FedAvg):
         self.update_bound = update_bound or UpdateBound()
         self.user_level = user_level
         self.observer = observer
+        self.canary_clients = canary_clients
         self._within_clip: dict[int, bool] = {}
         self.stop_reason = ""
         self._sent_arrays: ArrayRecord | None = None
@@ -207,7 +211,9 @@ class DpFedAvg(FedAvg):
             scale = min(1.0, clip / norm) if norm > 0 else 1.0  # float32 rounding can overshoot C by ~1e-7
             deltas.append([d * scale for d in diff])
         within = [self._within_clip.get(node, False) for node, _, _ in good]
-        mean = self.user_level.noised_mean(deltas, within, [sent.arrays[i].shape for i in floating])
+        sparse = [] if self.canary_clients is None else self.canary_clients.contributions(
+            self.user_level.sample, sent.keys, floating, clip)
+        mean = self.user_level.noised_mean(deltas, within, [sent.arrays[i].shape for i in floating], sparse)
         out = {key: Array(np.array(base, copy=True)) for key, base in zip(sent.keys, sent.arrays, strict=True)}
         for j, i in enumerate(floating):
             base = sent.arrays[i]

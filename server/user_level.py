@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,9 +235,10 @@ class UserLevelMechanism:
 
     # -- aggregation --------------------------------------------------------------------------------------
     def noised_mean(self, updates: list[list[np.ndarray]], within_clip: list[bool],
-                    shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+                    shapes: list[tuple[int, ...]], sparse: Sequence[tuple[int, int, float]] = ()) -> list[np.ndarray]:
         """(sum of the clipped updates + N(0, (z_update C)^2)) / (q N), per array; then the adaptive step.
-        ``updates`` are client deltas already checked to be within C; an empty list releases noise only."""
+        ``updates`` are client deltas already checked to be within C; an empty list releases noise only.
+        ``sparse``: an audit's drawn canary clients, (array, flat index, value) each (server/canary_clients.py)."""
         s = self.settings
         denominator = s.expected_cohort
         std = self.z_update * self.clip_norm
@@ -246,6 +247,9 @@ class UserLevelMechanism:
             total = np.zeros(shape, dtype=np.float64)
             for update in updates:
                 total += update[i]
+            for array, flat, value in sparse:
+                if array == i:
+                    total.reshape(-1)[flat] += value
             total += self.rng.normal(shape, std=std, dtype=torch.float64).numpy()
             out.append(total / denominator)
         if s.adaptive:

@@ -25,9 +25,11 @@ from flwr.serverapp import ServerApp
 from dpfl.client.app import ClientSetup, build_client_app
 from dpfl.client.canaries import DiracCanaries
 from dpfl.client.settings import ClientSettings
+from dpfl.privacy import wire
 from dpfl.privacy.owner_policy import OwnerPolicy, OwnerPolicyError, load_owner_policies
 from dpfl.server.app import ServerSetup, build_server_app
 from dpfl.server.audit_observer import ReleaseObserver
+from dpfl.server.canary_clients import CanaryClients
 from dpfl.server.federation import FederationResult, LogReporter, Reporter
 from dpfl.server.rundir import RunDirectory
 from dpfl.server.settings import ServerSettings
@@ -208,15 +210,18 @@ def server_setup(context: Context, hooks: ServerHooks) -> ServerSetup:
     cfg = config_from_context(context)
     values = cfg.as_dict()
     test_x, test_y, input_shape, num_classes = load_test_set(values)
-    observer = None
+    observer, crafted = None, None
     if cfg["audit-plan"]:  # the server is the white-box auditor: it sees the releases, never the coins
         plan = _audit_plan(str(cfg["audit-plan"]), False)
         observer = ReleaseObserver(plan.coordinates()) if plan.kind == "gradient" else None
-    return ServerSetup(observer=observer,
+        if cfg["privacy-unit"] == "client":  # crafted canary clients, each in the population by its coin
+            mine = _audit_plan(str(cfg["audit-plan"]), True).included_for(wire.RESERVED_CLIENT_ID)
+            crafted = CanaryClients(tuple((c.param, c.index) for c in mine))
+    return ServerSetup(
         settings=ServerSettings.from_config(values), test_x=test_x, test_y=test_y, input_shape=input_shape,
         num_classes=num_classes, run_path=hooks.run_path or default_run_path(cfg),
         declared_total=server_declared_total(values), reporter=hooks.reporter or LogReporter(),
-        on_finish=hooks.on_finish or finish_run,
+        on_finish=hooks.on_finish or finish_run, observer=observer, canary_clients=crafted,
     )
 
 

@@ -21,6 +21,7 @@ import torch
 
 from dpfl.client.dp_modes import choose_mode
 from dpfl.models import build_model
+from dpfl.privacy import wire
 from dpfl.privacy.audit.many_runs import many_run_bounds
 from dpfl.privacy.rundata import load_run, read_summary
 from dpfl.simulations import apps
@@ -32,6 +33,7 @@ from dpfl.simulations.audit.score import (
     gradient_scores,
     input_scores,
     one_run,
+    user_level_scores,
 )
 from dpfl.simulations.config import ConfigError, RunConfig
 from dpfl.simulations.data.clients import load_test_set
@@ -56,15 +58,23 @@ def check_audit(cfg: RunConfig, kind: str, canaries: int, confidence: float, run
         raise ConfigError(f"--confidence {confidence}: expected a number in [0.5, 1), e.g. 0.95")
     if runs < 1:
         raise ConfigError(f"--runs {runs}: expected an integer >= 1")
-    if cfg["privacy-unit"] != "record" or not cfg["dp"]:
-        raise ConfigError("dpfl audit checks record-level DP-SGD: run it with --dp true --privacy-unit record")
-    if cfg["neighbouring"] != "add-remove":
-        raise ConfigError("a canary is in or out of the data, so the audit checks the add-remove guarantee: run it "
-                          "with --neighbouring add-remove")
     if cfg["resume"]:
         raise ConfigError("an audit run cannot be resumed: start a new one")
     if cfg["deterministic-noise"]:
         raise ConfigError("--deterministic-noise: an audit must see the real noise; drop it")
+    if cfg["privacy-unit"] == "client":
+        if kind != "gradient":
+            raise ConfigError("a user-level audit's canaries are crafted clients: use --canary-kind gradient")
+        if cfg["client-sampling"] != "poisson" or cfg["adaptive-clipping"]:
+            raise ConfigError("the user-level audit checks Poisson cohorts with a fixed clip norm: run it with "
+                              "--client-sampling poisson --adaptive-clipping false")
+        return
+    if not cfg["dp"]:
+        raise ConfigError("dpfl audit checks record-level DP-SGD (or, with --privacy-unit client, user-level DP): "
+                          "run it with --dp true")
+    if cfg["neighbouring"] != "add-remove":
+        raise ConfigError("a canary is in or out of the data, so the audit checks the add-remove guarantee: run it "
+                          "with --neighbouring add-remove")
     if kind == "gradient":
         _, _, shape, classes = load_test_set(cfg.as_dict())
         model = build_model(cfg["model"], shape, classes, fix=cfg["fix-model"])
@@ -83,6 +93,8 @@ def _trainable(cfg: RunConfig) -> list[tuple[str, int]]:
 
 def plan_canaries(cfg: RunConfig, path: Path, kind: str, m: int) -> AuditPlan:
     owners = [apps.default_client_id(p) for p in range(cfg["num-clients"])]
+    if cfg["privacy-unit"] == "client":  # crafted clients, simulated at the server (server/canary_clients.py)
+        owners = [wire.RESERVED_CLIENT_ID]
     if kind == "gradient":
         chosen = gradient_canaries(owners, m, _trainable(cfg))
     else:
@@ -95,18 +107,24 @@ def score_run(path: Path, plan: AuditPlan, *, confidence: float, guesses: int, c
     """Score, bound, write report/audit.json and the report with its audit section."""
     run = load_run(path)
     summary = read_summary(path) or {}
-    claimed, delta = summary.get("epsilon_max"), summary.get("delta")
+    user_level = run.config.get("privacy-unit") == "client"
+    claimed, delta = ((summary.get("user_epsilon"), summary.get("user_delta")) if user_level
+                      else (summary.get("epsilon_max"), summary.get("delta")))
     if not isinstance(claimed, int | float) or not isinstance(delta, int | float):
-        raise AuditScoreError(f"{path}: summary.json has no epsilon_max and delta; the run did not finish")
-    if plan.kind == "gradient":
+        raise AuditScoreError(f"{path}: summary.json has no epsilon and delta; the run did not finish")
+    if user_level:
+        scores = user_level_scores(run, plan)
+    elif plan.kind == "gradient":
         scores = gradient_scores(run, plan)
     else:
         model, _ = load_model(path)
         test_x, _, _, _ = load_test_set(run.config)
         scores = input_scores(run, plan, test_x, model)
     result = one_run(scores, plan, delta=float(delta), confidence=confidence, requested=guesses)
-    record = audit_record(plan, scores, result, claimed_epsilon=float(claimed),
-                          accountant=str(summary.get("accountant", run.config.get("accountant"))), command=command)
+    accountant = (run.user_ledger.entries[-1].get("accountant") if user_level and run.user_ledger
+                  and run.user_ledger.entries else summary.get("accountant", run.config.get("accountant")))
+    record = audit_record(plan, scores, result, claimed_epsilon=float(claimed), accountant=str(accountant),
+                          command=command, privacy_unit="client" if user_level else "record")
     write_audit(path, record)
     return record
 

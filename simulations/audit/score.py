@@ -110,6 +110,35 @@ def gradient_scores(run: RunData, plan: AuditPlan) -> Scores:
     return Scores(scores, method, auditor, len(set(rounds.tolist())), first)
 
 
+def user_level_scores(run: RunData, plan: AuditPlan) -> Scores:
+    """Crafted canary clients: each round's release is the server's noised mean; in units of C per client it is
+    y = hits + z N(0, 1) (+ the real clients' updates at that coordinate), scored by the exact likelihood ratio."""
+    path = run.path / OBSERVATIONS
+    if not path.exists() or run.user_ledger is None:
+        raise AuditScoreError(f"{run.path}: no user-level releases were observed (audit/observations.npz, "
+                              "ledgers/server.jsonl)")
+    data = np.load(path, allow_pickle=False)
+    values, rounds = data["values"], data["rounds"]
+    booked = {int(e["round"]): e for e in run.user_ledger.entries}
+    scores = np.zeros(len(plan.canaries))
+    first: ClaimedRound | None = None
+    for row, r in zip(values, rounds.tolist(), strict=True):
+        e = booked.get(int(r))
+        if e is None:
+            continue
+        z, q = float(e["noise_multiplier"]), float(e["sample_rate"])
+        first = first or ClaimedRound(q, 1, z, int(e.get("population") or 0))
+        y = row * float(e["expected_cohort"]) / float(e["clip_norm"])
+        scores += round_llr(y, q, 1, z)
+    if first is None:
+        raise AuditScoreError(f"{run.path}: no booked user-level release was observed; nothing to score")
+    return Scores(scores, "sum over rounds of the likelihood ratio of the claimed user-level Gaussian (Poisson "
+                          "cohort q, noise multiplier z) at the canary's coordinate of the noised mean",
+                  "white-box: the server's noised mean update of every round (the user-level release); each canary "
+                  "is a crafted client whose update is C·e_j on one model coordinate, drawn into the cohort like any "
+                  "client", len(booked), first)
+
+
 def input_scores(run: RunData, plan: AuditPlan, test_x: torch.Tensor, model: torch.nn.Module) -> Scores:
     x = test_x[[c.index for c in plan.canaries]]
     y = torch.tensor([c.label for c in plan.canaries], dtype=torch.long)
@@ -133,13 +162,13 @@ def choose_guesses(scores: Scores, m: int, delta: float, confidence: float, requ
 
 
 def audit_record(plan: AuditPlan, scores: Scores, result: OneRunResult, *, claimed_epsilon: float,
-                 accountant: str, command: str) -> dict[str, Any]:
+                 accountant: str, command: str, privacy_unit: str = "record") -> dict[str, Any]:
     """report/audit.json's content for one run."""
     assert plan.included is not None
     included = np.asarray(plan.included)
     bound = result.epsilon_lower_bound
     return {
-        "schema": "dpfl-audit/1", "kind": plan.kind, "privacy_unit": "record", "neighbouring": "add-remove",
+        "schema": "dpfl-audit/1", "kind": plan.kind, "privacy_unit": privacy_unit, "neighbouring": "add-remove",
         "auditor": scores.auditor, "score": scores.method, "claimed_epsilon": claimed_epsilon,
         "accountant": accountant, "one_run": result.as_dict(),
         "verdict": "consistent" if bound <= claimed_epsilon else "violation",
