@@ -142,6 +142,20 @@ def test_a_user_level_audit_uses_crafted_clients_and_catches_a_silent_server(tmp
     assert json.loads((tmp_path / "s" / "report" / "audit.json").read_text())["verdict"] == "violation"
 
 
+def test_several_runs_add_the_pooled_bounds(tmp_path: Path) -> None:
+    flags = [*AUDIT[:AUDIT.index("--num-server-rounds")], "--num-server-rounds", "2",
+             *AUDIT[AUDIT.index("--target-epsilon"):-1], "300", "--runs", "2"]
+    proc = _dpfl("audit", *flags, "--run-dir", str(tmp_path), "--run-name", "m")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    records = [json.loads((tmp_path / f"m-run-0{k}" / "report" / "audit.json").read_text()) for k in (1, 2)]
+    many = records[0]["many_runs"]
+    assert many == records[1]["many_runs"] and many["runs"] == 2 and many["scores_in"] + many["scores_out"] == 600
+    assert many["one_run_bounds"] == [r["one_run"]["epsilon_lower_bound"] for r in records]
+    assert 0 <= many["clopper_pearson_epsilon"] <= records[0]["claimed_epsilon"]
+    assert "2 runs pooled" in (tmp_path / "m-run-02" / "report" / "report.md").read_text()
+    assert records[0]["claimed_epsilon"] == records[1]["claimed_epsilon"]  # same mechanism, fresh coins
+
+
 def test_gradient_canaries_need_book_keeping_and_real_coordinates() -> None:
     model = torch.nn.Linear(4, 2)
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))

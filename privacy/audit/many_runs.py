@@ -45,14 +45,13 @@ def _eps_from_rates(fpr: float, fnr: float, delta: float) -> float:
 def _best_threshold(in_scores: np.ndarray, out_scores: np.ndarray, delta: float) -> float:
     """The threshold with the largest empirical eps (rates with one pseudo-count, so a zero never wins alone)."""
     candidates = np.unique(np.concatenate([in_scores, out_scores]))
-    best_t, best_eps = float(candidates[0]) if candidates.size else 0.0, -1.0
-    for t in candidates:
-        fpr = (np.sum(out_scores >= t) + 1) / (out_scores.size + 1)
-        fnr = (np.sum(in_scores < t) + 1) / (in_scores.size + 1)
-        eps = _eps_from_rates(float(fpr), float(fnr), delta)
-        if eps > best_eps:
-            best_t, best_eps = float(t), eps
-    return best_t
+    if candidates.size == 0:
+        return 0.0
+    out_sorted, in_sorted = np.sort(out_scores), np.sort(in_scores)
+    fpr = (out_sorted.size - np.searchsorted(out_sorted, candidates, side="left") + 1) / (out_sorted.size + 1)
+    fnr = (np.searchsorted(in_sorted, candidates, side="left") + 1) / (in_sorted.size + 1)
+    eps = [_eps_from_rates(float(a), float(b), delta) for a, b in zip(fpr, fnr, strict=True)]
+    return float(candidates[int(np.argmax(eps))])
 
 
 @dataclass(frozen=True)
