@@ -38,6 +38,7 @@ from dpfl.client.training import train_locally
 from dpfl.client.user_clip import clip_update
 from dpfl.models import build_model
 from dpfl.models.evaluation import evaluate_model
+from dpfl.models.regularisation import add_dropout
 from dpfl.privacy import Ledger, epsilon, wire
 from dpfl.privacy.owner_policy import OwnerPolicy
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
@@ -187,6 +188,7 @@ def build_client_app(setup: SetupFn) -> ClientApp:
 
         device = pick_device(cfg.device)
         model = build_model(cfg.model, s.input_shape, s.num_classes, fix=cfg.fix_model)
+        add_dropout(model, cfg.dropout)  # training only; the weights and eval mode are unchanged
         model.load_state_dict(incoming)
         sampling_gen, noise_gen = dp_generators(
             deterministic=cfg.policy.deterministic_noise, seed=cfg.seed,

@@ -34,6 +34,8 @@ class ClientSettings:
     neighbouring: str  # "add-remove" | "replace-one"
     policy: PrivacyPolicy
     privacy_unit: str = "record"  # "client": clip the whole update to the instruction's user-clip-norm
+    weight_decay: float = 0.0
+    dropout: float = 0.0  # models/regularisation.py: after every activation, training only
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ClientSettings:
@@ -46,7 +48,8 @@ class ClientSettings:
                    device=str(cfg["device"]), seed=int(cfg["seed"]),
                    aggregation_weights=str(cfg["aggregation-weights"]), state_dir=str(cfg["state-dir"]),
                    neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg),
-                   privacy_unit=str(cfg.get("privacy-unit", "record")))
+                   privacy_unit=str(cfg.get("privacy-unit", "record")),
+                   weight_decay=float(cfg.get("weight-decay", 0.0)), dropout=float(cfg.get("dropout", 0.0)))
 
 
     def train_settings(self, noise_multiplier: float) -> TrainSettings:
@@ -54,4 +57,4 @@ class ClientSettings:
         return TrainSettings(local_epochs=self.local_epochs, batch_size=self.batch_size,
                              learning_rate=self.learning_rate, momentum=self.momentum, optimizer=self.optimizer,
                              dp=self.policy.dp, noise_multiplier=noise_multiplier, max_grad_norm=self.max_grad_norm,
-                             grad_sample_mode=self.grad_sample_mode)
+                             grad_sample_mode=self.grad_sample_mode, weight_decay=self.weight_decay)

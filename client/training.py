@@ -41,6 +41,7 @@ class TrainSettings:
     noise_multiplier: float
     max_grad_norm: float
     grad_sample_mode: str  # "bk" | "hooks" | "functorch" | "ghost" (or "auto", resolved per model)
+    weight_decay: float = 0.0  # the optimizer's L2 term, added to the noised gradient: post-processing
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ class TrainOutcome:
 
 def _base_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adam":
-        return torch.optim.Adam(params, lr=settings.learning_rate)
-    return torch.optim.SGD(params, lr=settings.learning_rate, momentum=settings.momentum)
+        return torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.learning_rate, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay)
 
 
 def poisson_batch(n: int, sample_rate: float, generator: RandomSource) -> torch.Tensor:

@@ -20,6 +20,8 @@ The update-norm bound (``UpdateBound``), and why it never rejects an honest upda
   ``(1 - b1) / sqrt(1 - b2) * sqrt(1 / (1 - b1^2 / b2)) < 7.3`` learning rates (torch's default betas), so
   ``ADAM_STEP * lr * sqrt(d)`` with ``ADAM_STEP = 10``. Summed over the release's ``steps`` (no cancellation
   assumed) and multiplied by ``SAFETY = 10``, the bound is a worst case an honest client cannot reach.
+  SGD weight decay ``wd`` adds ``lr / (1 - mu) * wd * |w|`` per step with ``|w| <= |sent| + (the update so far)``,
+  so (Gronwall) the sum ``B`` becomes ``(B + steps * a * |sent|) * exp(steps * a)``, ``a = lr * wd / (1 - mu)``.
 - Without the training settings, or for a run without DP (no clipping: nothing bounds a plain SGD step), the
   bound is ``FALLBACK_FACTOR * (|sent| + sqrt(d))`` with ``FALLBACK_FACTOR = 1000``: a thousand times the sent
   model's norm plus a thousand per-coordinate unit steps. With the default settings a typical honest update is
@@ -90,12 +92,14 @@ class UpdateBound:
     momentum: float = 0.0
     optimizer: str = "sgd"
     max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> UpdateBound:
         """From the flat run config the clients train with (learning-rate, momentum, optimizer, max-grad-norm)."""
         return cls(learning_rate=float(cfg["learning-rate"]), momentum=float(cfg.get("momentum", 0.0)),
-                   optimizer=str(cfg.get("optimizer", "sgd")), max_grad_norm=float(cfg.get("max-grad-norm", 1.0)))
+                   optimizer=str(cfg.get("optimizer", "sgd")), max_grad_norm=float(cfg.get("max-grad-norm", 1.0)),
+                   weight_decay=float(cfg.get("weight-decay", 0.0)))
 
     def fallback(self, sent: SentModel) -> float:
         return FALLBACK_FACTOR * (sent.norm + math.sqrt(max(sent.num_params, 1)))
@@ -112,7 +116,12 @@ class UpdateBound:
             per_step = (self.learning_rate / max(1.0 - self.momentum, 1e-12) * self.max_grad_norm
                         * (RECORDS_SLACK / release.sample_rate
                            + release.noise_multiplier * (math.sqrt(d) + GAUSS_TAIL) / batch))
-        return SAFETY * release.steps * per_step
+        bound = release.steps * per_step
+        if self.weight_decay > 0 and self.optimizer != "adam":  # Adam's step is bounded whatever its gradient
+            # each step adds lr / (1 - momentum) * wd * w, and ||w|| never exceeds ||sent|| + the bound so far
+            decay = self.learning_rate / max(1.0 - self.momentum, 1e-12) * self.weight_decay
+            bound = (bound + release.steps * decay * sent.norm) * math.exp(release.steps * decay)
+        return SAFETY * bound
 
 
 # -- the reply's records ------------------------------------------------------------------------------------

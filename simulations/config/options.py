@@ -151,6 +151,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("optimizer", "sgd", "local optimizer", choices=("sgd", "adam")),
     Option("learning-rate", 0.2, "local learning rate", check=_positive, allowed="a number > 0"),
     Option("momentum", 0.9, "SGD momentum", check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+    Option("weight-decay", 0.0, "L2 weight decay of the local optimizer (free under DP: it acts on the noised "
+           "gradient)", check=_non_negative, allowed="a number >= 0"),
+    Option("dropout", 0.0, "dropout after every activation of the model while training (free under DP: part of "
+           "the model)", check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
     Option("server-learning-rate", 1.0, "server step size applied to the averaged update", check=_positive,
            allowed="a number > 0"),
     Option("server-momentum", 0.0, "server momentum on the averaged update (FedAvgM; 0: plain FedAvg)",

@@ -111,12 +111,17 @@ def check_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) 
     from dpfl.client.dp_modes import choose_mode
     from dpfl.models import build_model
     from dpfl.models.dp_check import ModelDPError, check_model_for_dp
+    from dpfl.models.regularisation import DropoutError, add_dropout
 
     try:
         model = build_model(cfg["model"], input_shape, num_classes, fix=cfg["fix-model"])
     except ValueError as exc:
         raise ConfigError(f"model={cfg['model']!r} does not fit dataset={cfg['dataset']!r} "
                           f"(inputs {input_shape}): {exc}") from None
+    try:
+        add_dropout(build_model(cfg["model"], input_shape, num_classes, fix=cfg["fix-model"]), cfg["dropout"])
+    except DropoutError as exc:
+        raise ConfigError(f"model={cfg['model']!r}: {exc}") from None
     if not cfg["dp"]:
         return
     try:
