@@ -52,6 +52,7 @@ FASTEST_MODE: dict[str, str] = {
     "mlp": "bk",
     "logreg": "bk",
     "resnet": "hooks",
+    "lstm": "hooks",  # the only exact mode for it: book-keeping has no Embedding or DPLSTM, ghost no DPLSTM
 }
 
 

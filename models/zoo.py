@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from dpfl.models.text import VOCABULARY_SIZE, TextLSTM
+
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 
 CNN_MIN_SIZE = 14  # smallest H and W the tanh CNN's two strided convs and pools can reduce to >= 1x1
@@ -137,6 +139,7 @@ MODELS: dict[str, ModelFactory] = {
     "mlp": MLP,
     "logreg": LogReg,
     "resnet": ResNet,
+    "lstm": TextLSTM,
 }
 
 # What each model accepts, for config validation before any data is loaded.
@@ -145,6 +148,7 @@ INPUT_REQUIREMENTS: dict[str, str] = {
     "mlp": "any shape (flattened)",
     "logreg": "any shape (flattened)",
     "resnet": f"C x H x W images with H, W >= {RESNET_MIN_SIZE} (designed for 3 x 32 x 32)",
+    "lstm": f"token ids, shape L (a sequence of length L; ids 0..{VOCABULARY_SIZE - 1}, 0 pads)",
 }
 
 
@@ -161,6 +165,9 @@ def check_input_shape(name: str, input_shape: tuple[int, ...]) -> None:
         _require_image(name, shape, CNN_MIN_SIZE)
     elif name == "resnet":
         _require_image(name, shape, RESNET_MIN_SIZE)
+    elif name == "lstm" and (len(shape) != 1 or shape[0] < 1):
+        raise IncompatibleInputError(f"model 'lstm' needs token-id sequences of shape L, got {shape}; use a text "
+                                     "dataset (--dataset fortunes)")
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

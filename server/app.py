@@ -21,6 +21,7 @@ from dpfl.privacy.rundata import CONFIG_FILE, RUN_DIRECTORY_KEYS, SERVER_LEDGER,
 from dpfl.server.audit_observer import ReleaseObserver
 from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.canary_clients import CanaryClients
+from dpfl.server.early_stopping import EarlyStopping, validation_split
 from dpfl.server.environment import describe_environment
 from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.inputs import describe_inputs
@@ -115,10 +116,22 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                         update_bound=UpdateBound.from_run_config(settings.run_config), user_level=user_level,
                         observer=s.observer, canary_clients=s.canary_clients)
     eval_model = build_model(settings.model, s.input_shape, s.num_classes, fix=settings.fix_model)
+    test_x, test_y, stopper, validate = s.test_x, s.test_y, None, None
+    if settings.early_stopping_patience > 0:  # a fixed validation split of the server's own records
+        val_idx, test_idx = validation_split(int(s.test_y.shape[0]), settings.server_validation_fraction)
+        if val_idx.numel() == 0 or test_idx.numel() == 0:
+            raise ServerConfigError(f"early stopping needs server-held records for validation and for the test: the "
+                                    f"server holds {int(s.test_y.shape[0])}; give it a test set (test-data-path)")
+        test_x, test_y = s.test_x[test_idx], s.test_y[test_idx]
+        stopper = EarlyStopping(settings.early_stopping_patience, rundir.path)
+
+        def validate(arrays: ArrayRecord) -> tuple[float, float]:
+            eval_model.load_state_dict(arrays.to_torch_state_dict())
+            return evaluate_model(eval_model, s.test_x[val_idx], s.test_y[val_idx])
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
         eval_model.load_state_dict(arrays.to_torch_state_dict())
-        return evaluate_model(eval_model, s.test_x, s.test_y)
+        return evaluate_model(eval_model, test_x, test_y)
 
     for line in policy.statement():
         log.info(line)
@@ -138,7 +151,7 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         start_round, initial = resumed.start_round, resumed.arrays or initial
     result = run_federation(grid=grid, settings=settings, strategy=strategy, roster=roster, evaluate=evaluate,
                             rundir=rundir, initial_arrays=initial, delta=delta, reporter=s.reporter,
-                            start_round=start_round)
+                            start_round=start_round, early_stopping=stopper, validate=validate)
     rundir.save_model(result.arrays.to_torch_state_dict())
     if s.observer is not None:
         s.observer.write(rundir.path / AUDIT_OBSERVATIONS)
@@ -154,6 +167,11 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
         **({"privacy": NOT_PRIVATE_STAMP} if policy.not_private else {}),
         "privacy_statement": policy.statement(),
         "privacy_unit": policy.privacy_unit,
+        **({} if stopper is None else {"early_stopping": {
+            "patience": stopper.patience, "best_round": stopper.best_round,
+            "best_validation_accuracy": stopper.best_accuracy if stopper.best_round else None,
+            "validation_records": int(s.test_y.shape[0]) - int(test_y.shape[0]),
+            "test_records": int(test_y.shape[0])}}),
         **({} if user_level is None else {
             "user_epsilon": user_level.epsilon, "user_delta": user_settings.delta if user_settings else None,
             "user_accountant": user_level.accountant, "user_neighbouring": user_level.neighbouring,

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from dpfl.privacy import wire
 from dpfl.privacy.policy import NOT_PRIVATE_STAMP
+from dpfl.server.early_stopping import EarlyStopping
 from dpfl.server.resume import checkpoint_state
 from dpfl.server.roster import REFUSALS, Roster
 from dpfl.server.rundir import RunDirectory
@@ -84,13 +85,18 @@ class FederationResult:
 
 def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, roster: Roster,
                    evaluate: Evaluator, rundir: RunDirectory, initial_arrays: ArrayRecord, delta: float,
-                   reporter: Reporter, start_round: int = 1) -> FederationResult:
+                   reporter: Reporter, start_round: int = 1, early_stopping: EarlyStopping | None = None,
+                   validate: Evaluator | None = None) -> FederationResult:
+    """Run rounds ``start_round``..num-server-rounds, or until a stop. ``early_stopping`` with ``validate`` (the
+    server's validation split, server/early_stopping.py): stop once it stops improving; release its best model."""
     total = settings.num_rounds
     dp = settings.policy.dp
     arrays = initial_arrays  # the training iterate: what clients start from
     released = initial_arrays  # what is evaluated and saved: the iterate, or its EMA over rounds
     t_run = time.perf_counter()
     history = rundir.read_metrics() if start_round > 1 else []
+    if early_stopping is not None:
+        early_stopping.restore(history)
     if start_round == 1:
         loss0, acc0 = evaluate(arrays)
         log.info("round   0/%d | accuracy %.4f | loss %.4f (initial model)", total, acc0, loss0)
@@ -146,8 +152,10 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
             if settings.fraction_evaluate > 0:
                 _client_side_evaluation(strategy, grid, server_round, released, settings.round_timeout)
             loss, acc = evaluate(released)
+            validation = validate(released)[1] if validate is not None else None
             row = {
                 "round": server_round, "accuracy": acc, "loss": loss,
+                **({"validation_accuracy": validation} if validation is not None else {}),
                 "epsilon_max": roster.epsilon_max() if dp else None,
                 "epsilon": roster.epsilons() if dp else {},
                 "delta": delta, "participants": participants,
@@ -163,18 +171,26 @@ def run_federation(*, grid: Grid, settings: ServerSettings, strategy: DpFedAvg, 
                 row["privacy"] = NOT_PRIVATE_STAMP
             if not math.isfinite(loss):
                 row["loss"] = None
+            stop_early = early_stopping.observe(server_round, validation, released) if (
+                early_stopping is not None and validation is not None) else ""
             rundir.append_metrics(row)
             rundir.save_checkpoint(server_round, arrays.to_torch_state_dict(), strategy.post_processing.tensors(),
                                    checkpoint_state(roster, strategy))
             history.append(row)
             rounds_done = server_round
             reporter.round({**row, "loss": loss})
+            if stop_early:
+                strategy.stop_reason = stop_early
+                break
     finally:
         reporter.stop()
     stop_reason = strategy.stop_reason
     if rounds_done < total and not stop_reason:
         stop_reason = "interrupted"
     last = history[-1] if history else {"accuracy": float("nan"), "loss": float("nan")}
+    if early_stopping is not None and early_stopping.best_arrays is not None:  # release the best by validation
+        released = early_stopping.best_arrays
+        last = next((r for r in history if r["round"] == early_stopping.best_round), last)
     return FederationResult(
         rounds_completed=rounds_done, stop_reason=stop_reason, final_accuracy=float(last["accuracy"]),
         final_loss=float(last["loss"]) if last.get("loss") is not None else float("nan"),

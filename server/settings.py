@@ -31,6 +31,8 @@ class ServerSettings:
     aggregation_weights: str  # "declared" | "uniform": never what a reply claims (server/reply_checks.py)
     policy: PrivacyPolicy
     run_config: Mapping[str, Any]  # the flat run config as given, written to config.json
+    early_stopping_patience: int = 0  # 0: off (server/early_stopping.py)
+    server_validation_fraction: float = 0.0  # of the server's held-out records, for early stopping only
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ServerSettings:
@@ -44,4 +46,6 @@ class ServerSettings:
                    fix_model=bool(cfg.get("fix-model", False)), seed=int(cfg["seed"]),
                    neighbouring=str(cfg["neighbouring"]),
                    aggregation_weights=str(cfg.get("aggregation-weights", "declared")),
-                   policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg))
+                   policy=PrivacyPolicy.from_config(cfg), run_config=dict(cfg),
+                   early_stopping_patience=int(cfg.get("early-stopping-patience", 0)),
+                   server_validation_fraction=float(cfg.get("server-validation-fraction", 0.0)))

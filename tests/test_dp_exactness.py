@@ -95,7 +95,7 @@ def test_resolve_auto() -> None:
     settings = TrainSettings(local_epochs=1, batch_size=BATCH, learning_rate=LR, momentum=0.0, optimizer="sgd",
                              dp=True, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="auto")
     for name in MODELS:
-        shape = (3, 32, 32) if name == "resnet" else (1, 28, 28)
+        shape = {"resnet": (3, 32, 32), "lstm": (48,)}.get(name, (1, 28, 28))
         assert resolve_auto(settings, build_model(name, shape, 10)).grad_sample_mode == FASTEST_MODE[name]
     assert resolve_auto(settings, nn.Linear(3, 2)).grad_sample_mode == "bk"  # not zoo, but bk supports it
     explicit = TrainSettings(**{**settings.__dict__, "grad_sample_mode": "functorch"})

@@ -109,6 +109,6 @@ def test_help_lists_every_allowed_value() -> None:
             assert choice in text, (option.key, choice)
     for name in (*BUILT_IN_DATASETS, *FILE_DATASETS, *MODELS):
         assert name in text, name
-    assert "one of: pld, prv, rdp" in text and "one of: iid, dirichlet, shards, by-column" in text
+    assert "one of: pld, prv, rdp" in text and "one of: iid, dirichlet, shards, by-column, natural" in text
     presets = re.sub(r"\s+", " ", _dpfl("simulate", "--help").stdout)
     assert "quick: a first run in seconds" in presets

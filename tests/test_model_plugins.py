@@ -173,7 +173,7 @@ class _Reuse(nn.Module):
 
 def test_zoo_models_keep_their_measured_mode() -> None:
     for name in MODELS:
-        shape = (3, 32, 32) if name == "resnet" else (1, 28, 28)
+        shape = {"resnet": (3, 32, 32), "lstm": (48,)}.get(name, (1, 28, 28))
         choice = choose_mode(build_model(name, shape, 10))
         assert choice.mode == FASTEST_MODE[name] and "zoo model" in choice.reason
 

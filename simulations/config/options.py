@@ -76,7 +76,7 @@ def _tags(v: str) -> bool:
         not v.strip() or bool(tags_of(v)))
 
 
-BUILT_IN_DATASETS = ("fashion-mnist", "digits", "synthetic")
+BUILT_IN_DATASETS = ("fashion-mnist", "digits", "synthetic", "fortunes")
 FILE_DATASETS = ("csv", "parquet", "npz", "imagefolder", "hf-disk")  # = simulations.data.spec.FILE_KINDS
 DATASET_WORDS = (f"one of {', '.join(BUILT_IN_DATASETS)} (built in), {', '.join(FILE_DATASETS)} (your files, "
                  f"with data-path), or 'package.module:loader'")
@@ -117,7 +117,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("image-mode", "RGB", "imagefolder: colour (RGB) or grey (L)", choices=("RGB", "L")),
     Option("num-clients", 10, "number of clients (partitions)", check=lambda v: v >= 1, allowed="an integer >= 1"),
     Option("partition", "iid", "how records are split over clients (by-column: each record's client-column "
-           "names its owner)", choices=("iid", "dirichlet", "shards", "by-column")),
+           "names its owner; natural: the dataset's own owners, e.g. fortunes' authors)",
+           choices=("iid", "dirichlet", "shards", "by-column", "natural")),
     Option("dirichlet-alpha", 0.5, "Dirichlet concentration for --partition dirichlet", check=_positive,
            allowed="a number > 0"),
     Option("shards-per-client", 2, "label shards per client for --partition shards", check=lambda v: v >= 1,
@@ -130,9 +131,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("synthetic-beta", 1.0, "Synthetic(alpha, beta): data heterogeneity", check=_non_negative,
            allowed="a number >= 0"),
     # model and local training
-    Option("model", "cnn", "a zoo model (cnn, mlp, logreg, resnet), your own 'package.module:factory' (a "
-           "callable (input_shape, num_classes) -> nn.Module) or a name registered in the dpfl.models entry "
-           "points"),
+    Option("model", "cnn", "a zoo model (cnn, mlp, logreg, resnet; lstm for token ids), your own "
+           "'package.module:factory' (a callable (input_shape, num_classes) -> nn.Module) or a name registered in "
+           "the dpfl.models entry points"),
     Option("fix-model", False, "replace the layers DP-SGD cannot train with the fix Opacus proposes (e.g. "
            "BatchNorm -> GroupNorm) on server and clients alike"),
     Option("num-server-rounds", 30, "federated rounds", check=lambda v: 1 <= v <= MAX_ROUNDS,
@@ -151,6 +152,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("optimizer", "sgd", "local optimizer", choices=("sgd", "adam")),
     Option("learning-rate", 0.2, "local learning rate", check=_positive, allowed="a number > 0"),
     Option("momentum", 0.9, "SGD momentum", check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+    Option("early-stopping-patience", 0, "stop once the server's validation accuracy has not improved for this "
+           "many rounds and release the best model (0: off); judged on a split of the server's own held-out data, "
+           "never the clients'", check=lambda v: v >= 0, allowed="an integer >= 0"),
+    Option("server-validation-fraction", 0.5, "early stopping: the fraction of the server's held-out records used "
+           "for validation (the rest is the reported test set)", check=lambda v: 0 < v < 1,
+           allowed="a number in (0, 1)"),
     Option("weight-decay", 0.0, "L2 weight decay of the local optimizer (free under DP: it acts on the noised "
            "gradient)", check=_non_negative, allowed="a number >= 0"),
     Option("dropout", 0.0, "dropout after every activation of the model while training (free under DP: part of "

@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dpfl.simulations.config.options import DEFAULTS, OPTION_BY_KEY, OPTIONS, ConfigError, Scalar, allowed_words, coerce
+from dpfl.simulations.config.options import (
+    BUILT_IN_DATASETS,
+    DEFAULTS,
+    OPTION_BY_KEY,
+    OPTIONS,
+    ConfigError,
+    Scalar,
+    allowed_words,
+    coerce,
+)
 
 if TYPE_CHECKING:
     from dpfl.privacy.policy import PrivacyPolicy
@@ -100,7 +109,7 @@ def _check_combinations(values: Mapping[str, Scalar]) -> None:
         plugins = plugin_names()
         raise ConfigError(f"model={model!r} is not valid: expected one of {', '.join(sorted(MODELS))}"
                           f"{', ' + ', '.join(plugins) if plugins else ''} or your own 'package.module:factory'")
-    if values["partition"] == "by-column" and values["dataset"] in ("fashion-mnist", "digits", "synthetic"):
+    if values["partition"] == "by-column" and values["dataset"] in BUILT_IN_DATASETS:
         raise ConfigError(f"partition='by-column' needs records that name their owner: a csv/parquet/hf-disk file "
                           f"with client-column, an npz with a 'client' array, or a loader returning train_clients; "
                           f"dataset={values['dataset']!r} has none")

@@ -109,12 +109,27 @@ def _partitions(key: _DataKey) -> tuple[np.ndarray, ...]:
             raise DataError(f"the client column names {len(ds.natural_partitions)} client(s) ({shown}) but "
                             f"num-clients={key.num_clients}; set num-clients = {len(ds.natural_partitions)}")
         return ds.natural_partitions
+    if key.partition == "natural":
+        return _natural_partitions(ds, key.num_clients)
     labels = ds.train_y.numpy()
     params = (key.num_clients, key.partition, key.seed, key.dirichlet_alpha, key.shards_per_client)
     parts = cached_partitions(labels, params, lambda: partition_indices(
         labels, key.num_clients, key.partition, seed=key.seed, dirichlet_alpha=key.dirichlet_alpha,
         shards_per_client=key.shards_per_client), lambda ps: check_partition(ps, len(labels), key.partition))
     return tuple(parts)
+
+
+def _natural_partitions(ds: Dataset, num_clients: int) -> tuple[np.ndarray, ...]:
+    """Each owner's records at one client: owner key modulo the number of clients (a public rule)."""
+    if ds.owners is None:
+        raise DataError(f"partition = natural: dataset {ds.name!r} names no owners of its records; use iid, "
+                        "dirichlet or shards")
+    parts = tuple(np.flatnonzero(ds.owners % np.uint64(num_clients) == k).astype(np.int64)
+                  for k in range(num_clients))
+    empty = [k for k, p in enumerate(parts) if p.size == 0]
+    if empty:
+        raise DataError(f"partition = natural: client {empty[0]} of {num_clients} gets no records; use fewer clients")
+    return parts
 
 
 def _validation_fraction(cfg: Mapping[str, Any]) -> float:

@@ -7,6 +7,8 @@
 - ``synthetic``: FedProx Synthetic(alpha, beta) (see ``simulations.data.synthetic``). Its clients are the
   generator's clients, so the ``partition`` option (and ``dirichlet-alpha``, ``shards-per-client``) is
   ignored; the server's test set pools the held-out 20 % of every client.
+- ``fortunes``: quotations from Debian's ``fortunes`` package, classified by topic, as hashed token ids
+  (``simulations.data.text``: no vocabulary is fitted on anyone's text); ``partition = natural`` splits by author.
 
 How records are split over clients is ``simulations.data.partitions``; what one client or the server gets
 for a run config is ``simulations.data.clients``.
@@ -29,9 +31,11 @@ DATASETS: dict[str, tuple[tuple[int, ...], int]] = {
     "fashion-mnist": ((1, 28, 28), 10),
     "digits": ((1, 8, 8), 10),
     "synthetic": ((60,), 10),
+    "fortunes": ((48,), 6),  # simulations/data/text.py: SEQUENCE_LENGTH token ids, FORTUNE_TOPICS
 }
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FORTUNES_DIR = Path("/usr/share/games/fortunes")  # Debian's fortunes package (simulations/data/text.py)
 FASHION_MNIST_APT = "apt-get install -y dataset-fashion-mnist"
 FASHION_MNIST_URL = "https://github.com/zalandoresearch/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -49,7 +53,7 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A whole dataset in memory: x float32 (N, *input_shape), y int64 (N,)."""
+    """A whole dataset in memory: x float32 (N, *input_shape) (token ids, int64, for text), y int64 (N,)."""
 
     name: str
     train_x: torch.Tensor
@@ -59,6 +63,7 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     natural_partitions: tuple[np.ndarray, ...] | None = None  # train indices of each generated client
+    owners: np.ndarray | None = None  # a public owner key per train record (partition = natural), e.g. its author
 
 
 def dataset_info(name: str) -> tuple[tuple[int, ...], int]:
@@ -201,6 +206,15 @@ def _synthetic(num_clients: int, alpha: float, beta: float, seed: int) -> Datase
                    NUM_CLASSES, natural)
 
 
+@lru_cache(maxsize=2)
+def _fortunes(directory: str) -> Dataset:
+    from dpfl.simulations.data.text import FORTUNE_TOPICS, SEQUENCE_LENGTH, fortunes_dataset
+
+    train_x, train_y, test_x, test_y, owners = fortunes_dataset(directory)
+    return Dataset("fortunes", train_x, train_y, test_x, test_y, (SEQUENCE_LENGTH,), len(FORTUNE_TOPICS),
+                   owners=owners)
+
+
 def load_dataset(name: str, data_dir: str = "", *, seed: int = 42, num_clients: int = 10,
                  synthetic_alpha: float = 1.0, synthetic_beta: float = 1.0) -> Dataset:
     """The whole dataset, cached per process. ``seed``, ``num_clients`` and the synthetic parameters only
@@ -209,6 +223,8 @@ def load_dataset(name: str, data_dir: str = "", *, seed: int = 42, num_clients: 
         return _fashion_mnist(_fashion_mnist_dir(data_dir))
     if name == "digits":
         return _digits()
+    if name == "fortunes":
+        return _fortunes(data_dir or str(FORTUNES_DIR))
     if name == "synthetic":
         if int(num_clients) < 1:
             raise DataError(f"synthetic needs num-clients >= 1, got {num_clients}")
