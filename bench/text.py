@@ -17,10 +17,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGS = {"ε = 3": ["--target-epsilon", "3"], "ε = 8": ["--target-epsilon", "8"], "non-private": ["--dp", "false"]}
+RUN_NAMES = {"ε = 3": "eps3", "ε = 8": "eps8", "non-private": "nonprivate"}  # run names are ASCII
 
 
 def run_leg(partition: str, name: str, out: Path) -> dict[str, object]:
-    run_name = f"{partition}-{name.replace(' ', '').replace('=', '')}"
+    run_name = f"{partition}-{RUN_NAMES[name]}"
     cmd = [sys.executable, "-m", "dpfl.simulations.cli.main", "simulate", "--preset", "fortunes-lstm",
            "--partition", partition, *LEGS[name], "--run-dir", str(out), "--run-name", run_name]
     t0 = time.perf_counter()

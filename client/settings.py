@@ -36,6 +36,7 @@ class ClientSettings:
     privacy_unit: str = "record"  # "client": clip the whole update to the instruction's user-clip-norm
     weight_decay: float = 0.0
     dropout: float = 0.0  # models/regularisation.py: after every activation, training only
+    augmentations: int = 1  # augmentation multiplicity K (client/augmentation.py)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ClientSettings:
@@ -49,7 +50,8 @@ class ClientSettings:
                    aggregation_weights=str(cfg["aggregation-weights"]), state_dir=str(cfg["state-dir"]),
                    neighbouring=str(cfg["neighbouring"]), policy=PrivacyPolicy.from_config(cfg),
                    privacy_unit=str(cfg.get("privacy-unit", "record")),
-                   weight_decay=float(cfg.get("weight-decay", 0.0)), dropout=float(cfg.get("dropout", 0.0)))
+                   weight_decay=float(cfg.get("weight-decay", 0.0)), dropout=float(cfg.get("dropout", 0.0)),
+                   augmentations=int(cfg.get("augmentations", 1)))
 
 
     def train_settings(self, noise_multiplier: float) -> TrainSettings:
@@ -57,4 +59,5 @@ class ClientSettings:
         return TrainSettings(local_epochs=self.local_epochs, batch_size=self.batch_size,
                              learning_rate=self.learning_rate, momentum=self.momentum, optimizer=self.optimizer,
                              dp=self.policy.dp, noise_multiplier=noise_multiplier, max_grad_norm=self.max_grad_norm,
-                             grad_sample_mode=self.grad_sample_mode, weight_decay=self.weight_decay)
+                             grad_sample_mode=self.grad_sample_mode, weight_decay=self.weight_decay,
+                             augmentations=self.augmentations)

@@ -14,6 +14,8 @@ drawing from the CSPRNG; seeded torch generators in deterministic (NOT PRIVATE) 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ from opacus.optimizers import DPOptimizer  # noqa: F401  (tests patch training.D
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
+from dpfl.client.augmentation import augmented_copies, average_copies
 from dpfl.client.bookkeeping import BookKeepingClipper
 from dpfl.client.canaries import CanaryError, DiracCanaries, add_sampled_canaries
 from dpfl.client.dp_modes import resolve_auto
@@ -42,6 +45,7 @@ class TrainSettings:
     max_grad_norm: float
     grad_sample_mode: str  # "bk" | "hooks" | "functorch" | "ghost" (or "auto", resolved per model)
     weight_decay: float = 0.0  # the optimizer's L2 term, added to the noised gradient: post-processing
+    augmentations: int = 1  # K > 1: augmentation multiplicity (client/augmentation.py), trained with hooks
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,10 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
     ``canaries`` (an audit, client.canaries): gradient canaries drawn with the records, index n onward.
     """
     settings = resolve_auto(settings, model)
+    k = max(int(settings.augmentations), 1)
+    if k > 1 and settings.dp and settings.grad_sample_mode in ("bk", "ghost"):  # the average needs per-copy grads
+        settings = dataclasses.replace(settings, grad_sample_mode="hooks")
+    augment_rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))  # not a privacy source
     n = int(y.shape[0])
     if canaries is not None and len(canaries):
         if not settings.dp or settings.grad_sample_mode != "bk":
@@ -140,6 +148,11 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
                 loss = clipper.clipped_backward(module(xb), yb) / max(int(yb.numel()), 1)
                 if canaries is not None:
                     add_sampled_canaries(module, canaries, sampled_canaries, settings.max_grad_norm)
+            elif k > 1:  # K shifted copies per example; their gradients averaged before the optimizer clips
+                loss = loss_fn(module(augmented_copies(xb, k, augment_rng)), yb.repeat_interleave(k))
+                loss.backward()
+                if settings.dp:
+                    average_copies([p for p in module.parameters() if p.requires_grad], int(yb.numel()), k)
             else:
                 loss = loss_fn(module(xb), yb)
                 loss.backward()

@@ -158,6 +158,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("server-validation-fraction", 0.5, "early stopping: the fraction of the server's held-out records used "
            "for validation (the rest is the reported test set)", check=lambda v: 0 < v < 1,
            allowed="a number in (0, 1)"),
+    Option("augmentations", 1, "augmentation multiplicity K: each sampled image is shifted K times and the K "
+           "gradients averaged inside its clip (the ledger is that of K = 1; K > 1 trains with Opacus' hooks)",
+           check=lambda v: 1 <= v <= 64, allowed="an integer from 1 to 64"),
     Option("weight-decay", 0.0, "L2 weight decay of the local optimizer (free under DP: it acts on the noised "
            "gradient)", check=_non_negative, allowed="a number >= 0"),
     Option("dropout", 0.0, "dropout after every activation of the model while training (free under DP: part of "

@@ -118,6 +118,9 @@ def check_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) 
     except ValueError as exc:
         raise ConfigError(f"model={cfg['model']!r} does not fit dataset={cfg['dataset']!r} "
                           f"(inputs {input_shape}): {exc}") from None
+    if cfg["augmentations"] > 1 and len(input_shape) != 3:
+        raise ConfigError(f"augmentations = {cfg['augmentations']} shifts images, but dataset={cfg['dataset']!r} has "
+                          f"inputs of shape {tuple(input_shape)}; set augmentations = 1")
     try:
         add_dropout(build_model(cfg["model"], input_shape, num_classes, fix=cfg["fix-model"]), cfg["dropout"])
     except DropoutError as exc:
