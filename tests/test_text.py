@@ -96,3 +96,12 @@ def test_the_text_preset_runs_with_dp(tmp_path: Path):
     assert config["model"] == "lstm" and config["partition"] == "natural" and config["grad-sample-mode"] == "auto"
     assert summary["rounds_completed"] == 2 and 0 < summary["epsilon_max"] <= config["target-epsilon"]
     assert summary["final_accuracy"] > 1 / len(FORTUNE_TOPICS) * 0.8
+    card = json.loads((tmp_path / "t" / "model.json").read_text())
+    assert card["preprocessing"]["tokenizer"] == "hashing" and card["preprocessing"]["sequence_length"] == 48
+    quotes = tmp_path / "quotes.txt"
+    quotes.write_text("A computer program does what you tell it to do.\nThe senate voted on the bill today.\n")
+    proc = subprocess.run([sys.executable, "-m", "dpfl.simulations.cli.main", "predict", str(tmp_path / "t"),
+                           "--input", str(quotes), "--out", str(tmp_path / "p.csv")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and "2 inputs predicted" in proc.stdout, proc.stdout + proc.stderr
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3

@@ -44,6 +44,15 @@ def _inputs(card: dict, run_dir: Path, source: str) -> tuple[object, object]:
     if not path.exists():
         raise ValueError(f"--input {source}: no such file; give test or a file of inputs")
     prep = card.get("preprocessing") or {}
+    if prep.get("tokenizer") == "hashing":  # text: the same fixed tokenizer the clients used
+        from dpfl.simulations.data.text import encode
+
+        text = path.read_text(encoding="utf-8", errors="replace")
+        items = text.split("\n%\n") if "\n%\n" in text else text.splitlines()
+        items = [t.strip() for t in items if t.strip()]
+        if not items:
+            raise ValueError(f"--input {source}: no text in it (one quotation per line)")
+        return torch.tensor([encode(t, int(prep["sequence_length"])) for t in items]), None
     if "scale" in prep:  # a built-in dataset: raw arrays in an npz
         try:
             with np.load(path, allow_pickle=False) as data:

@@ -154,6 +154,13 @@ def raw_preprocessing(name: str) -> dict[str, Any] | None:
         mean, std = _digits_stats()
         return {"raw": "scikit-learn digits: 64 values 0-16 per image (8 x 8)", "scale": 1 / 16.0, "mean": mean,
                 "std": std, "shape": [1, 8, 8]}
+    if name == "fortunes":
+        from dpfl.simulations.data.text import FORTUNE_TOPICS, HASH_BUCKETS, SEQUENCE_LENGTH, WORD
+
+        return {"raw": "text, one quotation per line (or fortune files: quotations separated by lines of %)",
+                "tokenizer": "hashing", "lowercase": True, "word_pattern": WORD.pattern,
+                "token_id": f"1 + (BLAKE2b-64 of the word, little-endian) mod {HASH_BUCKETS}; 0 pads",
+                "sequence_length": SEQUENCE_LENGTH, "classes": list(FORTUNE_TOPICS)}
     if name == "synthetic":
         from dpfl.simulations.data.synthetic import NUM_FEATURES
 
