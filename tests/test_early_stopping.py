@@ -67,3 +67,7 @@ def test_the_released_model_is_the_best_by_validation_and_the_test_set_is_the_re
     summary = json.loads((stopped / "summary.json").read_text())
     assert summary["final_accuracy"] == rows[0]["accuracy"]  # the best round's test accuracy
     assert summary["early_stopping"]["test_records"] == 180  # half of digits' 360 held-out records
+    proc = subprocess.run([sys.executable, "-m", "dpfl.simulations.cli.main", "predict", str(stopped)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and f"accuracy {summary['final_accuracy']:.4f} (the run reported" in proc.stdout, \
+        proc.stdout + proc.stderr

@@ -39,6 +39,11 @@ def _inputs(card: dict, run_dir: Path, source: str) -> tuple[object, object]:
         x, y, _, _ = load_test_set(cfg)
         if int(y.shape[0]) == 0:
             raise ValueError("this run's server held no test records; pass --input FILE")
+        if int(cfg.get("early-stopping-patience", 0) or 0) > 0:  # the server validated on part of them
+            from dpfl.server.early_stopping import validation_split
+
+            _, test = validation_split(int(y.shape[0]), float(cfg["server-validation-fraction"]))
+            x, y = x[test], y[test]
         return x, y
     path = Path(source)
     if not path.exists():
