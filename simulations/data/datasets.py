@@ -215,9 +215,12 @@ def _synthetic(num_clients: int, alpha: float, beta: float, seed: int) -> Datase
 
 @lru_cache(maxsize=2)
 def _fortunes(directory: str) -> Dataset:
-    from dpfl.simulations.data.text import FORTUNE_TOPICS, SEQUENCE_LENGTH, fortunes_dataset
+    from dpfl.simulations.data.text import FORTUNE_TOPICS, SEQUENCE_LENGTH, CorpusMissingError, fortunes_dataset
 
-    train_x, train_y, test_x, test_y, owners = fortunes_dataset(directory)
+    try:
+        train_x, train_y, test_x, test_y, owners = fortunes_dataset(directory)
+    except CorpusMissingError as exc:
+        raise DataError(str(exc)) from None
     return Dataset("fortunes", train_x, train_y, test_x, test_y, (SEQUENCE_LENGTH,), len(FORTUNE_TOPICS),
                    owners=owners)
 

@@ -34,6 +34,10 @@ AUTHOR = re.compile(r"\n\s*--\s*([^\n,(]+)")
 OVERSTRIKE = re.compile(r".\x08")
 
 
+class CorpusMissingError(FileNotFoundError):
+    """The fortunes files are not there; the message says how to install them (datasets.py makes it a DataError)."""
+
+
 def token_id(word: str) -> int:
     """A word's id: the same at every client, fitted on nothing."""
     digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
@@ -61,14 +65,12 @@ def read_fortunes(directory: Path, topic: str) -> list[str]:
 @lru_cache(maxsize=2)
 def fortunes_arrays(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(token ids (N, L) int64, labels (N,), owner keys (N,) uint64) of every quotation, in file order."""
-    from dpfl.simulations.data.datasets import DataError
-
     where = Path(directory)
     missing = [t for t in FORTUNE_TOPICS if not (where / t).is_file()]
     if missing:
-        raise DataError(f"the fortunes corpus is not installed ({where / missing[0]} is missing): install Debian's "
-                        f"package ({FORTUNES_APT}), or point data-path at a folder holding the files "
-                        f"{', '.join(FORTUNE_TOPICS)}")
+        raise CorpusMissingError(f"the fortunes corpus is not installed ({where / missing[0]} is missing): install "
+                                 f"Debian's package ({FORTUNES_APT}), or point data-path at a folder holding the "
+                                 f"files {', '.join(FORTUNE_TOPICS)}")
     ids, labels, owners = [], [], []
     for label, topic in enumerate(FORTUNE_TOPICS):
         for text in read_fortunes(where, topic):
