@@ -1,10 +1,10 @@
 """Augmentation multiplicity (De et al. 2022): K augmented copies of each example, their gradients averaged
 *inside* the example's clip.
 
-Each sampled image is shifted by a random offset of up to ``MAX_SHIFT`` pixels in each direction (zero padding,
-then a crop back to its size) K times, independently. The K per-copy gradients are averaged into the example's
-one gradient before clipping, so an example still contributes at most C to the sum: the sampling rate, the steps,
-the noise and hence the ledger are exactly those of K = 1. The transform is a per-example function (no other
+Each sampled image is shifted by a random offset of up to ``MAX_SHIFT`` pixels in each direction (its border
+replicated, then a crop back to its size) K times, independently. The K per-copy gradients are averaged into the
+example's one gradient before clipping, so an example still contributes at most C to the sum: the sampling rate,
+the steps, the noise and hence the ledger are exactly those of K = 1. The transform is a per-example function (no other
 example is involved), so it changes nothing in the guarantee; it only gives each example a less noisy gradient.
 The average needs the per-copy gradients, so K > 1 trains with Opacus' hooks (book-keeping computes only the
 clipped sum).
@@ -26,7 +26,8 @@ def augmented_copies(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
     rep = x.repeat_interleave(k, dim=0)
     if rep.shape[0] == 0:
         return rep
-    padded = F.pad(rep, (MAX_SHIFT, MAX_SHIFT, MAX_SHIFT, MAX_SHIFT))
+    # replicate the border: normalised images have a non-zero background, which zeros would not match
+    padded = F.pad(rep, (MAX_SHIFT, MAX_SHIFT, MAX_SHIFT, MAX_SHIFT), mode="replicate")
     offsets = torch.randint(0, 2 * MAX_SHIFT + 1, (rep.shape[0], 2), generator=generator)
     rows = (torch.arange(h)[None, :] + offsets[:, :1]).to(x.device)  # (B*k, H)
     cols = (torch.arange(w)[None, :] + offsets[:, 1:]).to(x.device)  # (B*k, W)
