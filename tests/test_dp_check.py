@@ -40,7 +40,7 @@ class _BatchCentred(nn.Module):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_zoo_model_passes(name: str) -> None:
-    shape = (3, 16, 16) if name == "resnet" else (1, 28, 28)
+    shape = {"resnet": (3, 16, 16), "lstm": (48,)}.get(name, (1, 28, 28))
     result = check_model_for_dp(build_model(name, shape, 10), shape, 10)
     assert result.output_shape == (2, 10) and not result.fixed
 

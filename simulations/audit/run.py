@@ -75,6 +75,9 @@ def check_audit(cfg: RunConfig, kind: str, canaries: int, confidence: float, run
     if cfg["neighbouring"] != "add-remove":
         raise ConfigError("a canary is in or out of the data, so the audit checks the add-remove guarantee: run it "
                           "with --neighbouring add-remove")
+    if kind == "gradient" and cfg["augmentations"] > 1:
+        raise ConfigError("gradient canaries join book-keeping's clipped sum, but --augmentations > 1 trains with "
+                          "Opacus' hooks: audit with --augmentations 1 or --canary-kind input")
     if kind == "gradient":
         _, _, shape, classes = load_test_set(cfg.as_dict())
         model = build_model(cfg["model"], shape, classes, fix=cfg["fix-model"])
