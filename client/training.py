@@ -89,7 +89,7 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
     k = max(int(settings.augmentations), 1)
     if k > 1 and settings.dp and settings.grad_sample_mode in ("bk", "ghost"):  # the average needs per-copy grads
         settings = dataclasses.replace(settings, grad_sample_mode="hooks")
-    augment_rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))  # not a privacy source
+    augment_rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little")) if k > 1 else None
     n = int(y.shape[0])
     if canaries is not None and len(canaries):
         if not settings.dp or settings.grad_sample_mode != "bk":
@@ -138,8 +138,8 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
     try:
         for _ in range(steps):
             idx = poisson_batch(population, sample_rate, sampling_generator)
-            sampled_canaries = idx[idx >= n] - n
-            idx = idx[idx < n]
+            if canaries is not None:  # indices n onward are canaries, not records
+                sampled_canaries, idx = idx[idx >= n] - n, idx[idx < n]
             xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             if yb.numel() == 0 and not settings.dp:
@@ -148,7 +148,7 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: 
                 loss = clipper.clipped_backward(module(xb), yb) / max(int(yb.numel()), 1)
                 if canaries is not None:
                     add_sampled_canaries(module, canaries, sampled_canaries, settings.max_grad_norm)
-            elif k > 1:  # K shifted copies per example; their gradients averaged before the optimizer clips
+            elif augment_rng is not None:  # K shifted copies per example, gradients averaged before the clip
                 loss = loss_fn(module(augmented_copies(xb, k, augment_rng)), yb.repeat_interleave(k))
                 loss.backward()
                 if settings.dp:

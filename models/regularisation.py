@@ -19,17 +19,24 @@ class DropoutError(ValueError):
     """The model has no activation module to put dropout after; the message says what to do."""
 
 
-def add_dropout(model: nn.Module, p: float) -> int:
-    """Drop each activation's outputs with probability ``p`` while training; returns how many activations got it."""
+def dropout_targets(model: nn.Module, p: float) -> list[nn.Module]:
+    """The activation modules dropout ``p`` would follow (none for p = 0); DropoutError when there are none.
+    Changes nothing, so a check before training can use the very model it checks."""
     if not 0 <= p < 1:
         raise DropoutError(f"dropout must be in [0, 1), got {p}")
     if p == 0:
-        return 0
+        return []
     targets = [m for m in model.modules() if isinstance(m, ACTIVATIONS)]
     if not targets:
         names = ", ".join(a.__name__ for a in ACTIVATIONS[:4])
         raise DropoutError(f"dropout = {p}: the model has no activation module ({names}, ...) to drop after; put "
                            "dropout layers in the model itself and set dropout = 0")
+    return targets
+
+
+def add_dropout(model: nn.Module, p: float) -> int:
+    """Drop each activation's outputs with probability ``p`` while training; returns how many activations got it."""
+    targets = dropout_targets(model, p)
     for module in targets:
         module.register_forward_hook(lambda m, _inputs, out: F.dropout(out, p, m.training))
     return len(targets)

@@ -23,7 +23,7 @@ from dpfl.server.averaging import ParameterEma, PostProcessing, ServerOptimizer
 from dpfl.server.canary_clients import CanaryClients
 from dpfl.server.early_stopping import EarlyStopping, validation_split
 from dpfl.server.environment import describe_environment
-from dpfl.server.federation import FederationResult, LogReporter, Reporter, run_federation
+from dpfl.server.federation import Evaluator, FederationResult, LogReporter, Reporter, run_federation
 from dpfl.server.inputs import describe_inputs
 from dpfl.server.reply_checks import UpdateBound
 from dpfl.server.resume import ResumeError, check_same_run, resume
@@ -61,6 +61,16 @@ class ServerSetup:
 
 
 AUDIT_OBSERVATIONS = "audit/observations.npz"
+
+
+def _evaluator(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluator:
+    """(loss, accuracy) of a global model on the server's records ``x``, ``y``."""
+
+    def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate_model(model, x, y)
+
+    return evaluate
 
 
 def serve(grid: Grid, s: ServerSetup) -> FederationResult:
@@ -124,14 +134,8 @@ def serve(grid: Grid, s: ServerSetup) -> FederationResult:
                                     f"server holds {int(s.test_y.shape[0])}; give it a test set (test-data-path)")
         test_x, test_y = s.test_x[test_idx], s.test_y[test_idx]
         stopper = EarlyStopping(settings.early_stopping_patience, rundir.path)
-
-        def validate(arrays: ArrayRecord) -> tuple[float, float]:
-            eval_model.load_state_dict(arrays.to_torch_state_dict())
-            return evaluate_model(eval_model, s.test_x[val_idx], s.test_y[val_idx])
-
-    def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
-        eval_model.load_state_dict(arrays.to_torch_state_dict())
-        return evaluate_model(eval_model, test_x, test_y)
+        validate = _evaluator(eval_model, s.test_x[val_idx], s.test_y[val_idx])
+    evaluate = _evaluator(eval_model, test_x, test_y)
 
     for line in policy.statement():
         log.info(line)

@@ -75,23 +75,25 @@ def check_audit(cfg: RunConfig, kind: str, canaries: int, confidence: float, run
     if cfg["neighbouring"] != "add-remove":
         raise ConfigError("a canary is in or out of the data, so the audit checks the add-remove guarantee: run it "
                           "with --neighbouring add-remove")
-    if kind == "gradient" and cfg["augmentations"] > 1:
-        raise ConfigError("gradient canaries join book-keeping's clipped sum, but --augmentations > 1 trains with "
-                          "Opacus' hooks: audit with --augmentations 1 or --canary-kind input")
     if kind == "gradient":
-        _, _, shape, classes = load_test_set(cfg.as_dict())
-        model = build_model(cfg["model"], shape, classes, fix=cfg["fix-model"])
-        mode = cfg["grad-sample-mode"] if cfg["grad-sample-mode"] != "auto" else choose_mode(model).mode
+        if cfg["augmentations"] > 1:
+            raise ConfigError("gradient canaries join book-keeping's clipped sum, but --augmentations > 1 trains "
+                              "with Opacus' hooks: audit with --augmentations 1 or --canary-kind input")
+        mode = cfg["grad-sample-mode"] if cfg["grad-sample-mode"] != "auto" else choose_mode(_model(cfg)).mode
         if mode != "bk":
             raise ConfigError(f"gradient canaries are added to the clipped sum of book-keeping clipping, but this "
                               f"model trains in grad-sample-mode {mode!r}: use --canary-kind input, or a model bk "
                               "supports")
 
 
-def _trainable(cfg: RunConfig) -> list[tuple[str, int]]:
+def _model(cfg: RunConfig) -> torch.nn.Module:
+    """A fresh copy of the run's model, for its layers and parameter names (never trained here)."""
     _, _, shape, classes = load_test_set(cfg.as_dict())
-    model = build_model(cfg["model"], shape, classes, fix=cfg["fix-model"])
-    return [(name, p.numel()) for name, p in model.named_parameters() if p.requires_grad]
+    return build_model(cfg["model"], shape, classes, fix=cfg["fix-model"])
+
+
+def _trainable(cfg: RunConfig) -> list[tuple[str, int]]:
+    return [(name, p.numel()) for name, p in _model(cfg).named_parameters() if p.requires_grad]
 
 
 def plan_canaries(cfg: RunConfig, path: Path, kind: str, m: int) -> AuditPlan:

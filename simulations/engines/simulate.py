@@ -111,7 +111,7 @@ def check_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) 
     from dpfl.client.dp_modes import choose_mode
     from dpfl.models import build_model
     from dpfl.models.dp_check import ModelDPError, check_model_for_dp
-    from dpfl.models.regularisation import DropoutError, add_dropout
+    from dpfl.models.regularisation import DropoutError, dropout_targets
 
     try:
         model = build_model(cfg["model"], input_shape, num_classes, fix=cfg["fix-model"])
@@ -122,7 +122,7 @@ def check_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) 
         raise ConfigError(f"augmentations = {cfg['augmentations']} shifts images, but dataset={cfg['dataset']!r} has "
                           f"inputs of shape {tuple(input_shape)}; set augmentations = 1")
     try:
-        add_dropout(build_model(cfg["model"], input_shape, num_classes, fix=cfg["fix-model"]), cfg["dropout"])
+        dropout_targets(model, cfg["dropout"])
     except DropoutError as exc:
         raise ConfigError(f"model={cfg['model']!r}: {exc}") from None
     if not cfg["dp"]:
